@@ -1,0 +1,46 @@
+"""The Hydra entry point behind ``scripts/run.py`` and the ``streammoe-run`` console script.
+
+An experiment config names its ``entry``: a function ``run(cfg, run_dir) -> dict`` that trains /
+evaluates, writes its figures into ``run_dir`` and returns the final metrics. This module only
+seeds, resolves the run directory, saves the resolved config and calls the entry.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from streammoe.devices import seed_everything
+
+# conf/ sits beside the package in the repository (editable installs and source checkouts);
+# STREAMMOE_CONF points elsewhere, e.g. at a copy of conf/ next to a non-editable install.
+CONF_DIR = Path(os.environ.get("STREAMMOE_CONF", Path(__file__).resolve().parents[1] / "conf"))
+
+
+def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
+    """Seed, save the resolved config into ``run_dir`` and call the experiment's entry."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    OmegaConf.save(cfg, run_dir / "config_resolved.yaml", resolve=True)
+    entry = hydra.utils.get_method(cfg.entry)
+    return entry(cfg, run_dir)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def main(cfg: DictConfig) -> Any:
+    if not CONF_DIR.is_dir():
+        raise FileNotFoundError(f"config folder {CONF_DIR} not found; set STREAMMOE_CONF")
+    metrics = run_experiment(cfg, HydraConfig.get().runtime.output_dir)
+    # A sweeper (e.g. Optuna) can optimise the experiment's declared objective.
+    objective = cfg.get("objective")
+    return metrics.get(objective) if objective and isinstance(metrics, dict) else None
+
+
+if __name__ == "__main__":
+    main()
