@@ -102,7 +102,7 @@ def hard_gate(logits: Tensor, straight_through: bool = False) -> Tensor:
     _check_logits(logits)
     hard = _one_hot_argmax(logits.detach())
     if straight_through:
-        return hard + logits - logits.detach()
+        return hard + (logits - logits.detach())  # exactly hard in the forward pass
     return hard
 
 
@@ -111,7 +111,7 @@ def hard_soft_gate(logits: Tensor, temperature: float = 1.0) -> Tensor:
     softmax's (the straight-through softmax estimator)."""
     soft = softmax_gate(logits, temperature)
     hard = _one_hot_argmax(logits.detach())
-    return hard + soft - soft.detach()
+    return hard + (soft - soft.detach())
 
 
 def sigmoid_gate(logits: Tensor, temperature: float = 1.0) -> Tensor:

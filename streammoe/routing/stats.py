@@ -13,7 +13,7 @@ from collections import deque
 from typing import Any
 
 import numpy as np
-from torch import Tensor
+import torch
 
 __all__ = ["RoutingStats"]
 
@@ -40,8 +40,12 @@ class RoutingStats:
         self.entropy_sum = 0.0
         self._recent: deque[int] = deque(maxlen=self.window)
 
-    def update(self, routing: Tensor | np.ndarray) -> None:
-        arr = routing.detach().float().cpu().numpy() if isinstance(routing, Tensor) else np.asarray(routing)
+    def update(self, routing: torch.Tensor | np.ndarray) -> None:
+        if isinstance(routing, torch.Tensor):
+            routing = routing.detach().cpu()
+            arr = (routing if not torch.is_floating_point(routing) else routing.double()).numpy()
+        else:
+            arr = np.asarray(routing)
         if arr.ndim == 1 and np.issubdtype(arr.dtype, np.integer):
             if arr.size and (arr.min() < 0 or arr.max() >= self.n_experts):
                 raise ValueError(f"expert indices must be in [0, {self.n_experts}), got {arr.min()}..{arr.max()}")

@@ -1,0 +1,59 @@
+"""The router core imports no system; systems import the core and never each other."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parents[1] / "streammoe"
+CORE_ALLOWED = {"torch", "numpy", "pandas", "streammoe"}  # pandas only lazily, for to_dataframe
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def _systems() -> dict[str, Path]:
+    found = {}
+    if (PKG / "stream").is_dir():
+        found["streammoe.stream"] = PKG / "stream"
+    control = PKG / "control"
+    if control.is_dir():
+        for sub in control.iterdir():
+            if sub.is_dir() and (sub / "__init__.py").exists():
+                found[f"streammoe.control.{sub.name}"] = sub
+    return found
+
+
+def test_core_depends_on_torch_numpy_stdlib_only():
+    files = list((PKG / "routing").rglob("*.py"))
+    assert files
+    for f in files:
+        for name in _imports(f):
+            top = name.split(".")[0]
+            assert top in CORE_ALLOWED or top in sys.stdlib_module_names, f"{f.name} imports {name}"
+            if top == "streammoe":
+                assert name.startswith("streammoe.routing"), f"core module {f.name} imports {name}"
+
+
+def test_systems_do_not_import_each_other():
+    systems = _systems()
+    for name, folder in systems.items():
+        for f in folder.rglob("*.py"):
+            for imp in _imports(f):
+                for other in systems:
+                    if other != name:
+                        assert not imp.startswith(other), f"{name} ({f.name}) imports {imp}"
+
+
+def test_shared_modules_import_no_system():
+    for f in [*PKG.glob("*.py"), *(PKG / "routing").rglob("*.py")]:
+        for imp in _imports(f):
+            assert not imp.startswith(("streammoe.stream", "streammoe.control")), f"{f.name}: {imp}"
