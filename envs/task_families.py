@@ -155,8 +155,16 @@ class TaskFamily:
     test_tasks: np.ndarray  # (n_test, task_dim)
     env_kwargs: dict[str, Any] = field(default_factory=dict)
 
-    def make_env(self, task: np.ndarray) -> gym.Env:
-        return make_task_env(self.env_id, task, self.horizon, **self.env_kwargs)
+    @property
+    def metadata_fps(self) -> int:
+        """Frames per second for videos: 10 for Point-Robot, HalfCheetah's simulation rate."""
+        return 10 if self.env_id == POINT_ROBOT_ID else 20
+
+    def make_env(self, task: np.ndarray, render_mode: str | None = None) -> gym.Env:
+        kwargs = dict(self.env_kwargs)
+        if render_mode is not None:
+            kwargs["render_mode"] = render_mode
+        return make_task_env(self.env_id, task, self.horizon, **kwargs)
 
 
 def make_task_env(env_id: str, task: np.ndarray, horizon: int, **kwargs: Any) -> gym.Env:

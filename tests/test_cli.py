@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import hydra
 import pytest
 from hydra.errors import ConfigCompositionException
 
@@ -61,3 +62,16 @@ def test_joblib_multirun_writes_one_dir_per_job(tmp_path):
     metrics = sorted((tmp_path / "multirun").rglob("metrics.json"))
     assert len(metrics) == 2
     assert {p.parent.name.split("_")[0] for p in metrics} == {"0", "1"}
+
+
+def test_default_experiment_is_driftmoe():
+    cfg = compose_config([])
+    assert cfg.experiment_name == "driftmoe" and cfg.entry == "streammoe.stream.experiment.run"
+
+
+def test_every_experiment_composes():
+    names = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+    assert {"driftmoe", "driftmoe_smoke", "macrohft_smoke", "skillblend_smoke", "t2mir_smoke"} <= set(names)
+    for name in names:
+        cfg = compose_config([f"experiment={name}"])
+        assert cfg.experiment_name and callable(hydra.utils.get_method(cfg.entry)), name

@@ -1,0 +1,161 @@
+"""The SkillBlender embodiment: a hovering holonomic base with passive roll/pitch suspension and a
+3-DoF arm (``assets/robot.xml``), and the base class every skill and task env derives from.
+
+Actions (6, in [-1, 1]) are velocity targets for every actuated joint: base forward/sideways
+velocity *in the base frame* and yaw rate, then shoulder yaw, shoulder pitch and elbow rates. Every
+skill and task shares this action space, so skills can be blended joint by joint.
+
+Observations start with the same proprioception block (``PROPRIO_DIM`` numbers, see
+:meth:`MobileManipulatorEnv.proprioception`): a skill env puts its goal *before* it, a task env its
+task features *after* it. The blender policy relies on that layout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mujoco
+import numpy as np
+from gymnasium import spaces
+from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+ACTUATED_JOINTS = ("base_x", "base_y", "base_yaw", "shoulder_yaw", "shoulder_pitch", "elbow")
+ARM_JOINTS = ACTUATED_JOINTS[3:]
+ACTION_DIM = len(ACTUATED_JOINTS)
+# Normalised action -> joint velocity target (m/s for the base, rad/s for the rest).
+ACTION_SCALE = np.array([1.0, 1.0, 1.5, 2.0, 2.0, 2.0])
+ARM_DEFAULT = np.zeros(3)  # upper arm up, forearm forward: hand 0.47 m ahead, 0.85 m high
+# arm q - default (3), base velocity in base frame (vx, vy, yaw rate), arm qvel (3),
+# chassis pitch/roll (2) and their rates (2), last action (6)
+PROPRIO_DIM = 3 + 3 + 3 + 4 + ACTION_DIM
+DEFAULT_CAMERA = {"type": 1, "trackbodyid": 1, "distance": 5.0, "elevation": -35.0, "azimuth": 135.0}  # tracks the base
+
+
+def yaw_rotation(yaw: float) -> np.ndarray:
+    """2-D rotation matrix base frame -> world frame."""
+    c, s = np.cos(yaw), np.sin(yaw)
+    return np.array([[c, -s], [s, c]])
+
+
+class MobileManipulatorEnv(MujocoEnv):
+    """Shared simulation, action mapping, proprioception and feasibility figures.
+
+    Subclasses implement ``_reset_task()``, ``_extra_obs()`` (goal or task features) and
+    ``_evaluate(action) -> (reward, info)`` where ``info`` holds ``error`` and ``success``.
+    """
+
+    metadata = {"render_modes": ["human", "rgb_array", "depth_array", "rgbd_tuple"], "render_fps": 25}
+    xml_file = "skills.xml"
+    extra_dim = 0
+    goal_first = True  # skills: [goal, proprio]; tasks: [proprio, features]
+
+    def __init__(self, render_mode: str | None = None, width: int = 320, height: int = 240,
+                 frame_skip: int = 4) -> None:
+        dim = PROPRIO_DIM + self.extra_dim
+        obs_space = spaces.Box(-np.inf, np.inf, shape=(dim,), dtype=np.float64)
+        super().__init__(str(ASSETS / self.xml_file), frame_skip, obs_space, render_mode=render_mode,
+                         width=width, height=height, default_camera_config=DEFAULT_CAMERA)
+        self.action_space = spaces.Box(-1.0, 1.0, shape=(ACTION_DIM,), dtype=np.float32)
+        m = self.model
+        self._qpos_idx = {j: int(m.joint(j).qposadr[0]) for j in (*ACTUATED_JOINTS, "chassis_pitch", "chassis_roll")}
+        self._dof_idx = {j: int(m.joint(j).dofadr[0]) for j in (*ACTUATED_JOINTS, "chassis_pitch", "chassis_roll")}
+        self._arm_q = [self._qpos_idx[j] for j in ARM_JOINTS]
+        self._arm_v = [self._dof_idx[j] for j in ARM_JOINTS]
+        self._act_v = [self._dof_idx[j] for j in ACTUATED_JOINTS]
+        self._chassis = m.body("chassis").id
+        self._ee = m.site("ee").id
+        self.last_action = np.zeros(ACTION_DIM)
+
+    # ----------------------------------------------------------------- state helpers
+    @property
+    def base_xy(self) -> np.ndarray:
+        return self.data.qpos[[self._qpos_idx["base_x"], self._qpos_idx["base_y"]]].copy()
+
+    @property
+    def base_yaw(self) -> float:
+        return float(self.data.qpos[self._qpos_idx["base_yaw"]])
+
+    @property
+    def ee_pos(self) -> np.ndarray:
+        return self.data.site_xpos[self._ee].copy()
+
+    def to_base_frame(self, world_vec: np.ndarray) -> np.ndarray:
+        """Rotate a world-frame vector (2-D or 3-D) into the base's heading frame."""
+        out = np.array(world_vec, dtype=np.float64)
+        out[:2] = yaw_rotation(self.base_yaw).T @ out[:2]
+        return out
+
+    @property
+    def tilt(self) -> float:
+        """Angle (rad) between the chassis' up axis and the world's."""
+        return float(np.arccos(np.clip(self.data.xmat[self._chassis][8], -1.0, 1.0)))
+
+    def proprioception(self) -> np.ndarray:
+        q, v = self.data.qpos, self.data.qvel
+        base_vel = self.to_base_frame(v[[self._dof_idx["base_x"], self._dof_idx["base_y"]]])
+        return np.concatenate([
+            q[self._arm_q] - ARM_DEFAULT,
+            base_vel, [v[self._dof_idx["base_yaw"]]],
+            v[self._arm_v],
+            q[[self._qpos_idx["chassis_pitch"], self._qpos_idx["chassis_roll"]]],
+            v[[self._dof_idx["chassis_pitch"], self._dof_idx["chassis_roll"]]],
+            self.last_action,
+        ])
+
+    def feasibility(self) -> dict[str, float]:
+        """Per-step figures the evaluation averages: |joint velocity|, |torque|, tilt."""
+        return {"joint_velocity": float(np.abs(self.data.qvel[self._act_v]).mean()),
+                "torque": float(np.abs(self.data.actuator_force).mean()), "tilt": self.tilt}
+
+    # ----------------------------------------------------------------- gymnasium API
+    def _ctrl(self, action: np.ndarray) -> np.ndarray:
+        target = action * ACTION_SCALE
+        ctrl = target.copy()
+        ctrl[:2] = yaw_rotation(self.base_yaw) @ target[:2]  # base-frame command -> world slides
+        return ctrl
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        action = np.asarray(action, dtype=np.float64).reshape(-1)
+        if action.shape != (ACTION_DIM,):
+            raise ValueError(f"action must have {ACTION_DIM} entries (one per actuated joint), got {action.shape}")
+        if not np.all(np.isfinite(action)):
+            raise ValueError(f"action contains NaN or inf: {action}")
+        action = np.clip(action, -1.0, 1.0)
+        self.do_simulation(self._ctrl(action), self.frame_skip)
+        reward, info = self._evaluate(action)
+        self.last_action = action
+        info.update(self.feasibility())
+        if self.render_mode == "human":
+            self.render()
+        return self._get_obs(), float(reward), False, False, info
+
+    def reset_model(self) -> np.ndarray:
+        qpos, qvel = self.init_qpos.copy(), self.init_qvel.copy()
+        qpos[self._arm_q] = ARM_DEFAULT + self.np_random.uniform(-0.1, 0.1, size=3)
+        qpos[self._qpos_idx["base_yaw"]] = self.np_random.uniform(-np.pi, np.pi)
+        self.set_state(qpos, qvel)
+        self.last_action = np.zeros(ACTION_DIM)
+        self._reset_task()
+        mujoco.mj_forward(self.model, self.data)
+        return self._get_obs()
+
+    def _get_obs(self) -> np.ndarray:
+        parts = [self._extra_obs(), self.proprioception()]
+        return np.concatenate(parts if self.goal_first else parts[::-1])
+
+    # ----------------------------------------------------------------- subclass hooks
+    def _reset_task(self) -> None:
+        raise NotImplementedError
+
+    def _extra_obs(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def _evaluate(self, action: np.ndarray) -> tuple[float, dict[str, Any]]:
+        raise NotImplementedError
+
+    def _regularisers(self, action: np.ndarray) -> float:
+        """Smoothness and posture penalties shared by the skills (tasks use none)."""
+        smooth = float(np.square(action - self.last_action).mean())
+        return -0.05 * smooth - 0.5 * self.tilt

@@ -1,0 +1,130 @@
+"""Tasks that need two or more skills (walk *and* reach), each with one or two reward terms.
+
+Observation = ``[proprioception, task features]`` with task features in the base frame, so a
+blender can turn them into skill goals. ``info["error"]`` is the task's error (the evaluation
+reports it at the last step), ``info["success"]`` whether the task is done.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from envs.skillblend.base import MobileManipulatorEnv
+
+
+class FarReachEnv(MobileManipulatorEnv):
+    """Touch a point in the air 1.5-3 m away: out of the arm's range from the start.
+    Reward: ``exp(-|hand - target|)`` (one term). Success: within 5 cm."""
+
+    xml_file = "far_reach.xml"
+    extra_dim = 5
+    goal_first = False
+    success_threshold = 0.05
+
+    def _reset_task(self) -> None:
+        dist = self.np_random.uniform(1.5, 3.0)
+        angle = self.np_random.uniform(-np.pi, np.pi)
+        self.target = np.array([*(self.base_xy + dist * np.array([np.cos(angle), np.sin(angle)])),
+                                self.np_random.uniform(0.3, 1.0)])
+        self.data.mocap_pos[0] = self.target
+
+    def _extra_obs(self) -> np.ndarray:
+        return np.concatenate([self.to_base_frame(self.target - self.ee_pos),
+                               self.to_base_frame(self.target[:2] - self.base_xy)])
+
+    def _evaluate(self, action: np.ndarray) -> tuple[float, dict[str, Any]]:
+        error = float(np.linalg.norm(self.ee_pos - self.target))
+        return float(np.exp(-error)), {"error": error, "success": error < self.success_threshold}
+
+
+class ButtonEnv(MobileManipulatorEnv):
+    """Press a spring-loaded button on a wall 2-3 m ahead (the wall blocks the base).
+    Reward: ``exp(-|hand - button face|) + pressed`` (two terms). Success: pressed 1 cm in at
+    any point of the episode (latched)."""
+
+    xml_file = "button.xml"
+    extra_dim = 6
+    goal_first = False
+    press_depth = 0.01
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._button_body = self.model.body("button").id
+        self._button_q = int(self.model.joint("button").qposadr[0])
+        self._wall_half = float(self.model.geom("wall").size[0])
+        self._button_half = float(self.model.geom("button").size[1])
+
+    def _reset_task(self) -> None:
+        # The base starts facing the wall (+x) give or take 45 degrees.
+        q = self.data.qpos.copy()
+        q[self._qpos_idx["base_yaw"]] = self.np_random.uniform(-np.pi / 4, np.pi / 4)
+        self.set_state(q, self.data.qvel.copy())
+        wall_x = self.np_random.uniform(2.0, 3.0)
+        self.data.mocap_pos[0] = [wall_x, 0.0, 0.75]
+        face_x = wall_x - self._wall_half
+        self.model.body_pos[self._button_body] = [face_x - self._button_half,
+                                                  self.np_random.uniform(-1.0, 1.0),
+                                                  self.np_random.uniform(0.5, 0.9)]
+        self.pressed = False
+
+    @property
+    def button_face(self) -> np.ndarray:
+        return self.data.xpos[self._button_body] - np.array([self._button_half, 0.0, 0.0])
+
+    def _extra_obs(self) -> np.ndarray:
+        return np.concatenate([self.to_base_frame(self.button_face - self.ee_pos),
+                               self.to_base_frame(self.button_face[:2] - self.base_xy),
+                               [self.data.qpos[self._button_q]]])
+
+    def _evaluate(self, action: np.ndarray) -> tuple[float, dict[str, Any]]:
+        depth = float(self.data.qpos[self._button_q])
+        self.pressed = self.pressed or depth > self.press_depth
+        error = float(np.linalg.norm(self.ee_pos - self.button_face))
+        reward = np.exp(-error) + float(depth > self.press_depth)
+        return float(reward), {"error": error, "success": self.pressed}
+
+
+class BoxPushEnv(MobileManipulatorEnv):
+    """Push a low box 1-2 m away onto a goal patch 0.6-1 m beyond it. The chassis hovers over the
+    box, so only the hand can push it. Reward: ``exp(-2|box - goal|) + 0.5 exp(-2|hand - box|)``
+    (two terms). Success: box centre within 10 cm of the goal."""
+
+    xml_file = "box_push.xml"
+    extra_dim = 7
+    goal_first = False
+    success_threshold = 0.1
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._box_q = int(self.model.joint("box").qposadr[0])
+        self._box_v = int(self.model.joint("box").dofadr[0])
+
+    def _reset_task(self) -> None:
+        q, v = self.data.qpos.copy(), self.data.qvel.copy()
+        angle = self.np_random.uniform(-np.pi, np.pi)
+        box_xy = self.base_xy + self.np_random.uniform(1.0, 2.0) * np.array([np.cos(angle), np.sin(angle)])
+        q[self._box_q:self._box_q + 7] = [*box_xy, 0.07, 1.0, 0.0, 0.0, 0.0]
+        v[self._box_v:self._box_v + 6] = 0.0
+        self.set_state(q, v)
+        push = angle + self.np_random.uniform(-np.pi / 3, np.pi / 3)  # roughly away from the robot
+        self.goal_xy = box_xy + self.np_random.uniform(0.6, 1.0) * np.array([np.cos(push), np.sin(push)])
+        self.data.mocap_pos[0] = [*self.goal_xy, 0.005]
+
+    @property
+    def box_pos(self) -> np.ndarray:
+        return self.data.qpos[self._box_q:self._box_q + 3].copy()
+
+    def _extra_obs(self) -> np.ndarray:
+        box = self.box_pos
+        return np.concatenate([self.to_base_frame(box - self.ee_pos),
+                               self.to_base_frame(box[:2] - self.base_xy),
+                               self.to_base_frame(self.goal_xy - box[:2])])
+
+    def _evaluate(self, action: np.ndarray) -> tuple[float, dict[str, Any]]:
+        box = self.box_pos
+        error = float(np.linalg.norm(box[:2] - self.goal_xy))
+        reach = float(np.linalg.norm(self.ee_pos - box))
+        reward = np.exp(-2.0 * error) + 0.5 * np.exp(-2.0 * reach)
+        return float(reward), {"error": error, "success": error < self.success_threshold}

@@ -1,0 +1,235 @@
+"""SkillBlender training, top to bottom.
+
+``experiment=skillblend_skills`` -> :func:`train_skills`: train every primitive skill with SB3 PPO
+on its goal-conditioned env, copy the actor into a frozen :class:`MLPSkill`, save it as
+``skills/<name>.pt`` (plus the SB3 zip), evaluate the frozen skill and record a video.
+
+``experiment=skillblend`` -> :func:`run`: load the skills (or train them first), train one policy on
+a task with SB3 PPO -- the per-joint blender (``method=blend``), hard selection of one skill
+(``method=hard``) or flat PPO from scratch (``method=flat``) -- then evaluate it, record a rollout
+video and, for blenders, plot the per-joint blend weights over an episode.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import VecEnv
+
+from envs.skillblend import ENV_IDS, PROPRIO_DIM, SKILL_ENVS, TASK_ENVS
+from streammoe.control.skillblend.evaluate import (
+    evaluate,
+    plot_blend_weights,
+    record_rollout,
+    rollout_blend_weights,
+)
+from streammoe.control.skillblend.policy import SkillBlendPolicy
+from streammoe.control.skillblend.skills import MLPSkill, load_skill, save_skill, skill_from_sb3
+from streammoe.devices import resolve_device
+from streammoe.routing import RoutingStats
+from streammoe.runs import RunRecorder
+
+__all__ = ["METHODS", "ensure_skills", "make_model", "run", "train_skill", "train_skills"]
+
+METHODS = ("blend", "hard", "flat")
+INFO_KEYS = ("error", "success")
+
+
+# ---------------------------------------------------------------------- shared pieces
+def env_kwargs(episode_steps: int | None) -> dict[str, Any]:
+    return {} if episode_steps is None else {"max_episode_steps": int(episode_steps)}
+
+
+def make_vec(env_id: str, n_envs: int, seed: int, episode_steps: int | None = None) -> VecEnv:
+    """SB3 DummyVecEnv with Monitor wrappers that also record the final task error."""
+    return make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs(episode_steps),
+                        monitor_kwargs={"info_keywords": INFO_KEYS})
+
+
+def ppo_kwargs(ppo: DictConfig) -> dict[str, Any]:
+    """SB3 PPO arguments from a ``ppo`` config block (net_arch / log_std_init go to the policy)."""
+    kw = OmegaConf.to_container(ppo, resolve=True)
+    policy_kwargs = {"net_arch": list(kw.pop("net_arch")), "log_std_init": float(kw.pop("log_std_init"))}
+    return {**kw, "policy_kwargs": policy_kwargs}
+
+
+class RecorderCallback(BaseCallback):
+    """After every rollout: one metrics.csv row (phase, env steps, episode return, final error)."""
+
+    def __init__(self, recorder: RunRecorder, phase: str) -> None:
+        super().__init__()
+        self.recorder, self.phase = recorder, phase
+        self.start = time.perf_counter()
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        eps = list(self.model.ep_info_buffer)
+
+        def mean(key: str) -> float:  # NaN until the first episode ends
+            return float(np.mean([e[key] for e in eps])) if eps else float("nan")
+
+        self.recorder.log(phase=self.phase, env_steps=self.num_timesteps, episode_return=mean("r"),
+                          final_error=mean("error"), success_rate=mean("success"),
+                          steps_per_s=self.num_timesteps / (time.perf_counter() - self.start))
+
+
+def skill_policy_fn(skill: MLPSkill):
+    """obs = [goal, proprio] -> the frozen skill's action, as numpy."""
+    def act(obs: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            x = torch.as_tensor(obs, dtype=torch.float32)
+            return skill(x[: skill.goal_dim], x[skill.goal_dim:]).numpy()
+    return act
+
+
+def model_policy_fn(model: PPO):
+    return lambda obs: model.predict(obs, deterministic=True)[0]
+
+
+# ---------------------------------------------------------------------- primitive skills
+def train_skill(name: str, sk: DictConfig, out_dir: Path, seed: int, device: str,
+                recorder: RunRecorder | None = None) -> tuple[MLPSkill, dict[str, Any]]:
+    """Train one skill with PPO, save ``<name>.pt`` (frozen actor) and ``<name>_ppo.zip``."""
+    if name not in SKILL_ENVS:
+        raise ValueError(f"unknown skill {name!r}; available: {sorted(SKILL_ENVS)}")
+    env_cls, env_id = SKILL_ENVS[name], ENV_IDS[name]
+    vec = make_vec(env_id, sk.n_envs, seed, sk.get("episode_steps"))
+    model = PPO("MlpPolicy", vec, seed=seed, device=device, verbose=0, **ppo_kwargs(sk.ppo))
+    steps = int(sk.timesteps[name])
+    callbacks = [RecorderCallback(recorder, f"skill_{name}")] if recorder else []
+    start = time.perf_counter()
+    model.learn(total_timesteps=steps, callback=callbacks, progress_bar=False)
+    seconds = time.perf_counter() - start
+    vec.close()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save(out_dir / f"{name}_ppo.zip")
+    skill = skill_from_sb3(model, name, env_cls.goal_low, env_cls.goal_high)
+    save_skill(skill, out_dir / f"{name}.pt")
+    skill = load_skill(out_dir / f"{name}.pt")  # evaluate exactly what the blender will load
+    metrics = evaluate(skill_policy_fn(skill), env_id, sk.eval_episodes, seed=10_000 + seed,
+                       **env_kwargs(sk.get("episode_steps")))
+    metrics.update(train_steps=model.num_timesteps, train_seconds=seconds,
+                   train_steps_per_s=model.num_timesteps / seconds)
+    return skill, metrics
+
+
+def skill_checkpoints(skills_dir: Path, names: list[str]) -> dict[str, Path]:
+    return {n: Path(skills_dir) / f"{n}.pt" for n in names}
+
+
+def ensure_skills(sk: DictConfig, skills_dir: str | None, run_dir: Path, seed: int, device: str,
+                  recorder: RunRecorder | None = None) -> tuple[list[MLPSkill], Path]:
+    """Load the skills from ``skills_dir``; train the missing ones first (saying so)."""
+    names = list(sk.names)
+    target = Path(skills_dir) if skills_dir else run_dir / "skills"
+    paths = skill_checkpoints(target, names)
+    missing = [n for n, p in paths.items() if not p.is_file()]
+    if missing:
+        where = f"in {target}" if skills_dir else "(skills_dir not set)"
+        print(f"[skillblend] no trained skill checkpoints for {missing} {where}: training them first "
+              f"with the skillblend_skills settings into {target}. Next time pass "
+              f"skillblend.skills_dir={target} to reuse them.", flush=True)
+        for name in missing:
+            train_skill(name, sk, target, seed, device, recorder)
+    return [load_skill(paths[n]) for n in names], target
+
+
+def train_skills(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Entry of ``experiment=skillblend_skills``."""
+    sk = cfg.skillblend.skills
+    device = str(resolve_device(cfg.device))
+    rec = RunRecorder(run_dir)
+    skills_dir = run_dir / "skills"
+    metrics: dict[str, Any] = {"skills_dir": str(skills_dir)}
+    for name in sk.names:
+        skill, m = train_skill(name, sk, skills_dir, cfg.seed, device, rec)
+        metrics.update({f"{name}_{k}": v for k, v in m.items()})
+        if sk.video_episodes:
+            _, n_frames = record_rollout(skill_policy_fn(skill), ENV_IDS[name], run_dir / f"{name}.mp4",
+                                         sk.video_episodes, 20_000 + cfg.seed,
+                                         **env_kwargs(sk.get("episode_steps")))
+            metrics[f"{name}_video_frames"] = n_frames
+    return rec.finish(metrics, title="skillblend_skills: frozen skills, evaluated with noise off")
+
+
+# ---------------------------------------------------------------------- task policies
+def make_model(method: str, vec: VecEnv, skills: list[MLPSkill], c: DictConfig, seed: int,
+               device: str) -> PPO:
+    """SB3 PPO with the blender policy (``blend`` / ``hard``) or the plain MlpPolicy (``flat``)."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    kw = ppo_kwargs(c.ppo)
+    if method == "flat":
+        return PPO("MlpPolicy", vec, seed=seed, device=device, verbose=0, **kw)
+    kw["policy_kwargs"].update(skills=skills, proprio_dim=PROPRIO_DIM, selection=method,
+                               gate_temperature=float(c.gate_temperature), goal_gain=float(c.goal_gain))
+    return PPO(SkillBlendPolicy, vec, seed=seed, device=device, verbose=0, **kw)
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Entry of ``experiment=skillblend``: train and evaluate one policy on one task."""
+    c = cfg.skillblend
+    if c.task not in TASK_ENVS:
+        raise ValueError(f"unknown task {c.task!r}; available: {sorted(TASK_ENVS)}")
+    device = str(resolve_device(cfg.device))
+    rec = RunRecorder(run_dir)
+    skills: list[MLPSkill] = []
+    if c.method != "flat":
+        skills, skills_dir = ensure_skills(c.skills, c.skills_dir, run_dir, cfg.seed, device, rec)
+    env_id = ENV_IDS[c.task]
+    vec = make_vec(env_id, c.n_envs, cfg.seed, c.get("episode_steps"))
+    model = make_model(c.method, vec, skills, c, cfg.seed, device)
+    start = time.perf_counter()
+    model.learn(total_timesteps=int(c.timesteps), callback=RecorderCallback(rec, c.method),
+                progress_bar=False)
+    seconds = time.perf_counter() - start
+    vec.close()
+    model.save(run_dir / "model.zip")
+
+    eval_kw = env_kwargs(c.get("episode_steps"))
+    metrics: dict[str, Any] = {"task": c.task, "method": c.method}
+    metrics.update(_evaluate_model(model, env_id, c.eval_episodes, 10_000 + cfg.seed, eval_kw))
+    metrics.update(train_steps=model.num_timesteps, train_seconds=seconds,
+                   train_steps_per_s=model.num_timesteps / seconds, device=device)
+    if c.video_episodes:
+        _, metrics["video_frames"] = _record(model, env_id, run_dir / f"{c.task}_{c.method}.mp4",
+                                             c.video_episodes, 20_000 + cfg.seed, eval_kw)
+    if c.method != "flat":
+        metrics.update(skills_dir=str(skills_dir), **_blend_summary(model, env_id, skills, run_dir,
+                                                                     30_000 + cfg.seed, c, eval_kw))
+    return rec.finish(metrics, title=f"skillblend: {c.method} on {c.task}")
+
+
+def _evaluate_model(model: PPO, env_id: str, n: int, seed: int, kw: dict[str, Any]) -> dict[str, float]:
+    return evaluate(model_policy_fn(model), env_id, n, seed, **kw)
+
+
+def _record(model: PPO, env_id: str, path: Path, n: int, seed: int, kw: dict[str, Any]) -> tuple[Path, int]:
+    return record_rollout(model_policy_fn(model), env_id, path, n, seed, **kw)
+
+
+def _blend_summary(model: PPO, env_id: str, skills: list[MLPSkill], run_dir: Path, seed: int,
+                   c: DictConfig, kw: dict[str, Any]) -> dict[str, Any]:
+    """Per-joint weights over one episode: plot, raw arrays, and mean weight per skill and joint."""
+    roll = rollout_blend_weights(model, env_id, seed, **kw)
+    names = [s.name for s in skills]
+    np.savez(run_dir / "blend_weights.npz", **roll, skills=np.array(names))
+    plot_blend_weights(roll["weights"], names, run_dir / "blend_weights.png", error=roll["error"],
+                       title=f"{c.method} on {c.task}: skill weight per joint")
+    stats = RoutingStats(len(skills))
+    stats.update(np.moveaxis(roll["weights"], -1, 1).reshape(-1, len(skills)))  # (T*A, K)
+    out: dict[str, Any] = {"routing_entropy": stats.mean_entropy}
+    mean_w = roll["weights"].mean(axis=0)  # (K, A)
+    for k, name in enumerate(names):
+        out[f"weight_{name}"] = float(mean_w[k].mean())
+    return out

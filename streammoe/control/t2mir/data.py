@@ -1,0 +1,311 @@
+"""Learning histories for T2MIR: collection, files on disk, validation, and context sampling.
+
+A *learning history* is one task's episodes in the order a learner produced them, so returns rise
+along it; Algorithm Distillation learns to continue that improvement in context. Two collectors:
+
+* ``expert_anneal`` (cheap default, Point-Robot): an analytic goal-conditioned expert with
+  AD-epsilon noise annealing: in episode ``i`` each action is uniformly random with probability
+  ``eps_i`` (linear from 1 to 0 over the first ``anneal_fraction`` of the history), otherwise the
+  expert's action plus Gaussian noise ``action_noise``.
+* ``sb3``: a Stable-Baselines3 learner (PPO or SAC) trained from scratch on each task; every
+  episode it plays while learning is logged in order (the AD recipe; Cheetah-Vel).
+
+A dataset is a folder with ``task_000.npz`` ... (``observations (E, H, obs_dim)``, ``actions
+(E, H, act_dim)``, ``rewards (E, H)``, ``task``) and ``manifest.json`` (family, collector and its
+settings, shapes, tasks, a SHA-256 per file). :func:`load_dataset` checks all of it and names the
+problem. :func:`ensure_dataset` writes the dataset once per collection setting (the folder name
+holds a hash of the settings) and reuses it across training runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from envs.task_families import TaskFamily
+from streammoe.runs import progress
+
+__all__ = [
+    "MANIFEST_FORMAT",
+    "History",
+    "ContextSampler",
+    "collect_expert_anneal",
+    "collect_sb3",
+    "ensure_dataset",
+    "load_dataset",
+    "point_robot_expert",
+    "write_dataset",
+]
+
+MANIFEST_FORMAT = "streammoe.t2mir.history/1"
+
+
+@dataclass
+class History:
+    """One task's learning history: ``observations (E, H, obs_dim)`` (the state before each
+    action), ``actions (E, H, act_dim)``, ``rewards (E, H)``; ``task`` is the hidden parameter."""
+
+    observations: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    task: np.ndarray
+
+    @property
+    def returns(self) -> np.ndarray:
+        return self.rewards.sum(1)
+
+
+def point_robot_expert(obs: np.ndarray, goal: np.ndarray, action_scale: float = 0.1) -> np.ndarray:
+    """The action that moves straight to ``goal`` (clipped to the action box)."""
+    return np.clip((goal - obs) / action_scale, -1.0, 1.0).astype(np.float32)
+
+
+def _rollout(env: gym.Env, policy: Any, seed: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    obs, _ = env.reset(seed=seed)
+    os_, as_, rs = [], [], []
+    done = False
+    while not done:
+        a = np.asarray(policy(obs), np.float32)
+        nxt, r, term, trunc, _ = env.step(a)
+        os_.append(obs)
+        as_.append(a)
+        rs.append(r)
+        obs, done = nxt, term or trunc
+    return np.asarray(os_, np.float32), np.asarray(as_, np.float32), np.asarray(rs, np.float32)
+
+
+def collect_expert_anneal(family: TaskFamily, task: np.ndarray, n_episodes: int, seed: int,
+                          anneal_fraction: float = 0.75, action_noise: float = 0.1) -> History:
+    """Noise-annealed rollouts of the analytic goal-conditioned expert (Point-Robot only)."""
+    if family.name != "point_robot":
+        raise ValueError(f"collector expert_anneal has an analytic expert for point_robot only, not "
+                         f"{family.name!r}; use collector=sb3")
+    rng = np.random.default_rng(seed)
+    env = family.make_env(task)
+    anneal_eps = max(1, round(anneal_fraction * n_episodes))
+    episodes = []
+    for i in range(n_episodes):
+        eps = max(0.0, 1.0 - i / anneal_eps)
+
+        def policy(obs: np.ndarray, eps: float = eps) -> np.ndarray:
+            if rng.random() < eps:
+                return rng.uniform(-1.0, 1.0, 2)
+            a = point_robot_expert(obs, task) + action_noise * rng.standard_normal(2)
+            return np.clip(a, -1.0, 1.0)
+
+        episodes.append(_rollout(env, policy, seed=int(rng.integers(2**31)) if i == 0 else None))
+    env.close()
+    return _stack(episodes, task, family.horizon)
+
+
+class _EpisodeLogger(gym.Wrapper):
+    """Logs every (obs, action, reward) the learner's env sees, split into finished episodes."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.episodes: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._cur: list[tuple[np.ndarray, np.ndarray, float]] = []
+        self._obs: np.ndarray | None = None
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        self._cur = []
+        self._obs, info = self.env.reset(**kwargs)
+        return self._obs, info
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        a = np.clip(np.asarray(action, np.float32), self.action_space.low, self.action_space.high)
+        nxt, r, term, trunc, info = self.env.step(a)
+        self._cur.append((np.asarray(self._obs, np.float32), a, float(r)))
+        self._obs = nxt
+        if term or trunc:
+            o, act, rew = zip(*self._cur)
+            self.episodes.append((np.stack(o), np.stack(act), np.asarray(rew, np.float32)))
+            self._cur = []
+        return nxt, r, term, trunc, info
+
+
+def collect_sb3(family: TaskFamily, task: np.ndarray, n_episodes: int, seed: int,
+                algo: str = "ppo", algo_kwargs: Mapping[str, Any] | None = None) -> History:
+    """Train an SB3 learner from scratch on one task; its first ``n_episodes`` in order."""
+    from stable_baselines3 import PPO, SAC
+
+    algos = {"ppo": PPO, "sac": SAC}
+    if algo not in algos:
+        raise ValueError(f"unknown sb3 algo {algo!r}; choose ppo or sac")
+    env = _EpisodeLogger(family.make_env(task))
+    model = algos[algo]("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **dict(algo_kwargs or {}))
+    chunk = family.horizon * 4
+    while len(env.episodes) < n_episodes:  # learn in chunks so we stop soon after enough episodes
+        model.learn(chunk, reset_num_timesteps=False)
+    env.close()
+    return _stack(env.episodes[:n_episodes], task, family.horizon)
+
+
+def _stack(episodes: list[tuple[np.ndarray, np.ndarray, np.ndarray]], task: np.ndarray,
+           horizon: int) -> History:
+    bad = [len(e[2]) for e in episodes if len(e[2]) != horizon]
+    if bad:
+        raise ValueError(f"episodes must all last horizon={horizon} steps (no early termination), got {bad[:5]}")
+    o, a, r = (np.stack([e[i] for e in episodes]) for i in range(3))
+    return History(o.astype(np.float32), a.astype(np.float32), r.astype(np.float32),
+                   np.asarray(task, np.float32))
+
+
+# ----- files ------------------------------------------------------------------------------------
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_dataset(folder: Path, family: TaskFamily, histories: list[History],
+                  collector: Mapping[str, Any]) -> Path:
+    """One ``task_XXX.npz`` per task and a ``manifest.json`` describing them."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    h0 = histories[0]
+    entries = []
+    for i, h in enumerate(histories):
+        path = folder / f"task_{i:03d}.npz"
+        np.savez(path, observations=h.observations, actions=h.actions, rewards=h.rewards, task=h.task)
+        entries.append({"file": path.name, "task": h.task.tolist(), "sha256": _sha256(path),
+                        "first_return": float(h.returns[0]), "last_return": float(h.returns[-1])})
+    manifest = {
+        "format": MANIFEST_FORMAT, "family": family.name, "env_id": family.env_id,
+        "horizon": family.horizon, "n_episodes": int(h0.rewards.shape[0]),
+        "obs_dim": int(h0.observations.shape[-1]), "act_dim": int(h0.actions.shape[-1]),
+        "collector": dict(collector), "tasks": entries,
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return folder
+
+
+def load_dataset(folder: str | Path, expect: Mapping[str, Any] | None = None
+                 ) -> tuple[dict[str, Any], list[History]]:
+    """Read and validate a dataset folder; ``expect`` lists manifest fields that must match."""
+    folder = Path(folder)
+    mpath = folder / "manifest.json"
+    if not mpath.is_file():
+        raise FileNotFoundError(f"no T2MIR dataset at {folder}: {mpath.name} is missing (collect it first)")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{mpath} is not valid JSON: {e}") from e
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise ValueError(f"{mpath} has format {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}")
+    for key, value in (expect or {}).items():
+        if manifest.get(key) != value:
+            raise ValueError(f"dataset {folder} has {key}={manifest.get(key)!r} but the config asks for {value!r}")
+    n_ep, horizon = manifest["n_episodes"], manifest["horizon"]
+    histories = []
+    for entry in manifest["tasks"]:
+        path = folder / entry["file"]
+        if not path.is_file():
+            raise FileNotFoundError(f"dataset {folder} lists {entry['file']} but the file is missing")
+        if _sha256(path) != entry["sha256"]:
+            raise ValueError(f"{path} does not match its SHA-256 in the manifest (changed or corrupt)")
+        with np.load(path) as z:
+            h = History(z["observations"], z["actions"], z["rewards"], z["task"])
+        shapes = {"observations": (n_ep, horizon, manifest["obs_dim"]),
+                  "actions": (n_ep, horizon, manifest["act_dim"]), "rewards": (n_ep, horizon)}
+        for name, shape in shapes.items():
+            arr = getattr(h, name)
+            if arr.shape != shape:
+                raise ValueError(f"{path}: {name} has shape {arr.shape}, manifest says {shape}")
+            if not np.isfinite(arr).all():
+                raise ValueError(f"{path}: {name} contains NaN or inf")
+        if not np.allclose(h.task, entry["task"]):
+            raise ValueError(f"{path}: task {h.task.tolist()} differs from the manifest's {entry['task']}")
+        histories.append(h)
+    return manifest, histories
+
+
+def ensure_dataset(data_dir: str | Path, family: TaskFamily, n_episodes: int,
+                   collector: Mapping[str, Any], seed: int) -> tuple[Path, dict[str, Any], list[History]]:
+    """Load the training-task histories for these settings, collecting them first if absent."""
+    collector = dict(collector)
+    spec = {"family": family.name, "horizon": family.horizon, "n_episodes": n_episodes,
+            "tasks": np.round(family.train_tasks, 6).tolist(), "collector": collector, "seed": seed}
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    folder = Path(data_dir) / f"{family.name}_{collector['name']}_{digest}"
+    expect = {"family": family.name, "horizon": family.horizon, "n_episodes": n_episodes}
+    if not (folder / "manifest.json").is_file():
+        kwargs = {k: v for k, v in collector.items() if k != "name"}
+        fns = {"expert_anneal": collect_expert_anneal, "sb3": collect_sb3}
+        if collector["name"] not in fns:
+            raise ValueError(f"unknown collector {collector['name']!r}; choose {sorted(fns)}")
+        histories = [fns[collector["name"]](family, task, n_episodes, seed + 1000 * i, **kwargs)
+                     for i, task in enumerate(progress(family.train_tasks, desc="collect histories"))]
+        # Write to a private folder, then rename: a crash never leaves a half-written dataset,
+        # and of two runs collecting the same data at once the first rename wins.
+        tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        write_dataset(tmp, family, histories, collector)
+        try:
+            tmp.rename(folder)
+        except OSError:
+            if not (folder / "manifest.json").is_file():
+                raise
+            shutil.rmtree(tmp)
+    manifest, histories = load_dataset(folder, expect)
+    return folder, manifest, histories
+
+
+# ----- context sampling -------------------------------------------------------------------------
+
+class ContextSampler:
+    """Batches of ``context_episodes`` consecutive episodes from the learning histories.
+
+    Each batch holds ``batch_size / 2`` distinct tasks, each twice with independently drawn
+    windows: the two views are the positives of the contrastive task-routing loss. The sampler's
+    numpy generator state is part of a training checkpoint (``state`` / ``set_state``).
+    """
+
+    def __init__(self, histories: list[History], context_episodes: int, batch_size: int, seed: int,
+                 sort_by_return: bool = False) -> None:
+        if batch_size < 2 or batch_size % 2:
+            raise ValueError(f"batch_size must be even and >= 2 (two views per task), got {batch_size}")
+        n_ep = histories[0].rewards.shape[0]
+        if not 1 <= context_episodes <= n_ep:
+            raise ValueError(f"context_episodes must be in [1, {n_ep}], got {context_episodes}")
+        # sort_by_return: order each history by episode return (the reference's recipe), so every
+        # window shows steady improvement rather than the learner's noisy ups and downs.
+        order = [np.argsort(h.returns, kind="stable") if sort_by_return else np.arange(n_ep)
+                 for h in histories]
+        self.obs = np.stack([h.observations[o] for h, o in zip(histories, order)])
+        self.act = np.stack([h.actions[o] for h, o in zip(histories, order)])
+        self.rew = np.stack([h.rewards[o] for h, o in zip(histories, order)])
+        self.k, self.batch_size = context_episodes, batch_size
+        self.rng = np.random.default_rng(seed)
+        self.horizon = self.rew.shape[2]
+
+    def sample(self) -> dict[str, np.ndarray]:
+        n_tasks, n_ep = self.rew.shape[:2]
+        half = self.batch_size // 2
+        tasks = self.rng.choice(n_tasks, half, replace=n_tasks < half)
+        ids = np.concatenate([tasks, tasks])
+        starts = self.rng.integers(0, n_ep - self.k + 1, size=len(ids))
+        eps = starts[:, None] + np.arange(self.k)[None, :]  # (B, K)
+        pick = (ids[:, None], eps)
+        b = len(ids)
+        t = np.tile(np.arange(self.horizon), self.k)[None].repeat(b, 0)
+        return {
+            "obs": self.obs[pick].reshape(b, self.k * self.horizon, -1),
+            "act": self.act[pick].reshape(b, self.k * self.horizon, -1),
+            "rew": self.rew[pick].reshape(b, self.k * self.horizon),
+            "t": t, "task_ids": ids,
+        }
+
+    def state(self) -> dict[str, Any]:
+        return self.rng.bit_generator.state
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state

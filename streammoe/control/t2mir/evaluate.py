@@ -1,0 +1,135 @@
+"""In-context evaluation on held-out tasks: no weight updates, N consecutive episodes per task.
+
+All test tasks run side by side as one batch. At the start of each episode the KV cache is rebuilt
+from the last ``context_episodes - 1`` finished episodes (one pass over the prefix, exactly what a
+whole-sequence forward would compute); within the episode every env step costs one cached pass
+over the new tokens ``(a_{t-1}, r_{t-1}, s_t)``. Actions are sampled from the predicted Gaussian
+(``sample=True``, the exploration AD learned from noisy early history) or its mean.
+
+Progress is saved after every episode when ``state_path`` is given; calling again with the same
+path continues where it stopped and gives the same returns as an uninterrupted evaluation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from envs.task_families import TaskFamily
+from streammoe.control.t2mir.model import ICRLTransformer, KVCache
+from streammoe.runs import progress
+from streammoe.video import write_mp4
+
+__all__ = ["EvalResult", "evaluate_in_context"]
+
+
+@dataclass
+class EvalResult:
+    returns: np.ndarray  # (n_tasks, n_episodes)
+    task_expert_counts: np.ndarray | None  # (n_tasks, n_episodes, n_task_experts) top-k picks
+    token_expert_counts: np.ndarray | None  # (n_tasks, n_episodes, n_token_experts)
+
+
+def _count(counts: np.ndarray | None, routed: Any, ep: int) -> None:
+    if counts is None or routed is None:
+        return
+    idx = routed.indices.reshape(routed.indices.shape[0], -1).cpu().numpy()  # (B, T*k)
+    for b in range(idx.shape[0]):
+        counts[b, ep] += np.bincount(idx[b], minlength=counts.shape[-1])
+
+
+@torch.no_grad()
+def evaluate_in_context(model: ICRLTransformer, family: TaskFamily, tasks: np.ndarray,
+                        n_episodes: int, context_episodes: int, seed: int, sample: bool = True,
+                        state_path: Path | None = None, stop_after: int | None = None,
+                        video_path: Path | None = None) -> EvalResult:
+    """Play ``n_episodes`` in context on every task of ``tasks``; ``stop_after`` stops early
+    (the saved state lets a later call finish the evaluation). ``video_path``: an MP4 of the first
+    task's episodes played in this call (``horizon + 1`` frames per episode)."""
+    if context_episodes < 1:
+        raise ValueError(f"context_episodes must be >= 1, got {context_episodes}")
+    model.eval()
+    device = next(model.parameters()).device
+    n, horizon = len(tasks), family.horizon
+    if horizon > model.cfg.horizon:
+        raise ValueError(f"episodes last {horizon} steps but the model knows {model.cfg.horizon} timesteps")
+    envs = [family.make_env(task, render_mode="rgb_array" if video_path is not None and i == 0 else None)
+            for i, task in enumerate(tasks)]
+    frames: list[np.ndarray] = []
+    n_task_e = model.cfg.n_task_experts if model.cfg.task_moe else None
+    n_token_e = model.cfg.n_token_experts if model.cfg.token_moe else None
+    returns = np.zeros((n, n_episodes))
+    task_counts = None if n_task_e is None else np.zeros((n, n_episodes, n_task_e))
+    token_counts = None if n_token_e is None else np.zeros((n, n_episodes, n_token_e))
+    obs_dim, act_dim = model.cfg.obs_dim, model.cfg.act_dim
+    hist_obs = np.zeros((n, n_episodes, horizon, obs_dim), np.float32)
+    hist_act = np.zeros((n, n_episodes, horizon, act_dim), np.float32)
+    hist_rew = np.zeros((n, n_episodes, horizon), np.float32)
+    gen = torch.Generator().manual_seed(seed)
+    start = 0
+    if state_path is not None and state_path.is_file():
+        st = torch.load(state_path, weights_only=False)
+        if st["returns"].shape != returns.shape or not np.allclose(st["tasks"], tasks):
+            raise ValueError(f"{state_path} belongs to a different evaluation (tasks or episode count differ)")
+        start = int(st["done"])
+        returns, hist_obs, hist_act, hist_rew = st["returns"], st["obs"], st["act"], st["rew"]
+        task_counts, token_counts = st["task_counts"], st["token_counts"]
+        gen.set_state(st["gen"])
+        for env, rng_state in zip(envs, st["env_rng"]):
+            env.unwrapped.np_random.bit_generator.state = rng_state
+
+    def tt(x: Any) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(x), device=device)
+
+    end = n_episodes if stop_after is None else min(n_episodes, stop_after)
+    for ep in progress(range(start, end), desc="in-context eval"):
+        cache: KVCache = model.new_cache()
+        lo = max(0, ep - (context_episodes - 1))
+        if ep > lo:  # rebuild the cache from the previous episodes kept as context
+            s = (ep - lo) * horizon
+            t_idx = np.tile(np.arange(horizon), ep - lo)[None].repeat(n, 0)
+            model.run_tokens(model.embed_steps(
+                tt(hist_obs[:, lo:ep].reshape(n, s, obs_dim)), tt(hist_act[:, lo:ep].reshape(n, s, act_dim)),
+                tt(hist_rew[:, lo:ep].reshape(n, s)), tt(t_idx)), cache)
+        seeds = [seed + i if ep == 0 else None for i in range(n)]
+        obs = np.stack([env.reset(seed=sd)[0] for env, sd in zip(envs, seeds)]).astype(np.float32)
+        pending = model.embed_state(tt(obs)[:, None], tt(np.zeros((n, 1), np.int64)))
+        if video_path is not None:
+            frames.append(envs[0].render())
+        for t in range(horizon):
+            hidden, f = model.run_tokens(pending, cache)
+            _count(task_counts, f.task, ep)
+            _count(token_counts, f.token, ep)
+            mean, log_std = model.action_dist(hidden[:, -1])
+            act = mean
+            if sample:
+                act = mean + log_std.exp() * torch.randn(mean.shape, generator=gen).to(device)
+            act_np = act.clamp(-1.0, 1.0).cpu().numpy().astype(np.float32)
+            steps = [env.step(a) for env, a in zip(envs, act_np)]
+            rew = np.array([s[1] for s in steps], np.float32)
+            hist_obs[:, ep, t], hist_act[:, ep, t], hist_rew[:, ep, t] = obs, act_np, rew
+            obs = np.stack([s[0] for s in steps]).astype(np.float32)
+            if video_path is not None:
+                frames.append(envs[0].render())
+            if t + 1 < horizon:
+                ti = tt(np.full((n, 1), t, np.int64))
+                pending = torch.cat([model.embed_action(tt(act_np)[:, None], ti),
+                                     model.embed_reward(tt(rew)[:, None], ti),
+                                     model.embed_state(tt(obs)[:, None], ti + 1)], dim=1)
+        returns[:, ep] = hist_rew[:, ep].sum(1)
+        if state_path is not None:
+            state_path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"done": ep + 1, "tasks": np.asarray(tasks), "returns": returns, "obs": hist_obs,
+                        "act": hist_act, "rew": hist_rew, "task_counts": task_counts,
+                        "token_counts": token_counts, "gen": gen.get_state(),
+                        "env_rng": [env.unwrapped.np_random.bit_generator.state for env in envs]},
+                       state_path)
+    for env in envs:
+        env.close()
+    if video_path is not None and frames:
+        write_mp4(frames, video_path, fps=family.metadata_fps)
+    return EvalResult(returns, task_counts, token_counts)

@@ -1,0 +1,256 @@
+"""Training one variant (AD, T2MIR-AD or an ablation) on learning histories, with exact resume.
+
+One loop, top to bottom: sample a batch of contexts (B/2 tasks, two windows each), predict every
+action from its state token (Gaussian NLL), add the token router's balance loss and the
+contrastive task-routing loss, step AdamW (warm-up then cosine, gradient clipping), move the EMA
+key router towards the task router, log, checkpoint.
+
+The contrastive loss: the query is the task router's logits at the last position (its input is the
+mean hidden state over the whole window, which is causal there); the key is an EMA copy of the
+task router applied to the detached representation; ``bilinear`` scores ``q W k^T`` with a learned
+``W`` (CURL / the paper) and ``info_nce`` uses cosine similarity with a temperature. Both views of a
+task (and the query's own key) are positives.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from streammoe.control.t2mir.data import ContextSampler, History
+from streammoe.control.t2mir.model import ICRLTransformer, ModelConfig, gaussian_nll, variant_flags
+from streammoe.routing import bilinear_contrastive_loss, info_nce_loss, load_balance_loss
+from streammoe.routing.ema import ema_copy, ema_update
+from streammoe.runs import progress
+
+__all__ = ["CKPT_FORMAT", "TrainConfig", "Trainer", "checkpoint_step", "load_checkpoint", "train_variant"]
+
+CKPT_FORMAT = "streammoe.t2mir.checkpoint/1"
+# metrics.csv columns after (variant, step, lr); None where a variant has no such loss
+LOG_KEYS = ("loss", "nll", "action_mse", "balance", "contrastive", "grad_norm")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 16
+    context_episodes: int = 4
+    sort_by_return: bool = True  # order each learning history by return before sampling windows
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    balance_weight: float = 0.1
+    contrastive_weight: float = 0.01
+    contrastive: str = "bilinear"  # bilinear | info_nce
+    info_nce_temperature: float = 0.1
+    ema_tau: float = 0.005
+    log_every: int = 50
+    ckpt_every: int = 500
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[str, Any]) -> TrainConfig:
+        cfg = cls(**dict(m))
+        if cfg.contrastive not in ("bilinear", "info_nce"):
+            raise ValueError(f"contrastive must be bilinear or info_nce, got {cfg.contrastive!r}")
+        return cfg
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress_ = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_)))
+
+
+def set_normalisation(model: ICRLTransformer, histories: list[History]) -> None:
+    """z-normalise states and rewards with the training data's statistics."""
+    obs = np.concatenate([h.observations.reshape(-1, h.observations.shape[-1]) for h in histories])
+    rew = np.concatenate([h.rewards.ravel() for h in histories])
+    with torch.no_grad():
+        model.obs_mean.copy_(torch.as_tensor(obs.mean(0)))
+        model.obs_std.copy_(torch.as_tensor(obs.std(0) + 1e-6))
+        model.rew_mean.fill_(float(rew.mean()))
+        model.rew_std.fill_(float(rew.std() + 1e-6))
+
+
+class Trainer:
+    """Everything whose state a checkpoint holds, so resuming equals not stopping."""
+
+    def __init__(self, variant: str, model_cfg: ModelConfig, tcfg: TrainConfig, device: torch.device,
+                 sampler: ContextSampler | None, seed: int) -> None:
+        token, task, contrastive = variant_flags(variant)
+        model_cfg = ModelConfig(**{**model_cfg.to_dict(), "token_moe": token, "task_moe": task, "seed": seed})
+        self.variant, self.tcfg, self.device, self.seed = variant, tcfg, device, seed
+        self.model = ICRLTransformer(model_cfg).to(device)
+        self.use_cl = contrastive and tcfg.contrastive_weight > 0
+        self.key_router: nn.Module | None = None
+        self.bilinear: nn.Parameter | None = None
+        params = list(self.model.parameters())
+        if self.use_cl:
+            router = self.model.task_router
+            assert router is not None
+            self.key_router = ema_copy(router)
+            self.bilinear = nn.Parameter(torch.eye(router.n_experts, device=device))
+            params.append(self.bilinear)
+        self.opt = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: _lr_factor(s, tcfg.warmup_steps, tcfg.steps))
+        self.sampler = sampler
+        self.step = 0
+        self.elapsed = 0.0
+
+    # ----- checkpoint ---------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "format": CKPT_FORMAT, "variant": self.variant, "seed": self.seed,
+            "model_config": self.model.cfg.to_dict(), "train_config": vars(self.tcfg),
+            "model": self.model.state_dict(),
+            "key_router": None if self.key_router is None else self.key_router.state_dict(),
+            "bilinear": None if self.bilinear is None else self.bilinear.detach().cpu(),
+            "opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "step": self.step,
+            "elapsed": self.elapsed,
+            "sampler": None if self.sampler is None else self.sampler.state(),
+            "torch_rng": torch.get_rng_state(),
+            "router_generators": {k: g.get_state() for k, g in self.model.router_generators().items()},
+        }
+
+    def load_state(self, ck: Mapping[str, Any]) -> None:
+        if ck.get("variant") != self.variant:
+            raise ValueError(f"checkpoint is for variant {ck.get('variant')!r}, not {self.variant!r}")
+        if ck["model_config"] != self.model.cfg.to_dict():
+            raise ValueError("checkpoint model_config differs from the config of this run: "
+                             f"{ck['model_config']} vs {self.model.cfg.to_dict()}")
+        self.model.load_state_dict(ck["model"])
+        if self.key_router is not None:
+            self.key_router.load_state_dict(ck["key_router"])
+        if self.bilinear is not None:
+            with torch.no_grad():
+                self.bilinear.copy_(ck["bilinear"])
+        self.opt.load_state_dict(ck["opt"])
+        self.sched.load_state_dict(ck["sched"])
+        self.step, self.elapsed = int(ck["step"]), float(ck.get("elapsed", 0.0))
+        if self.sampler is not None and ck["sampler"] is not None:
+            self.sampler.set_state(ck["sampler"])
+        torch.set_rng_state(ck["torch_rng"])
+        gens = self.model.router_generators()
+        for name, state in ck["router_generators"].items():
+            gens[name].set_state(state)
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.state(), tmp)
+        tmp.replace(path)  # atomic: a crash while saving keeps the previous checkpoint
+
+    # ----- one step -----------------------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        assert self.sampler is not None
+        model, tcfg = self.model, self.tcfg
+        model.train()
+        batch = self.sampler.sample()
+        dev = self.device
+        obs = torch.as_tensor(batch["obs"], device=dev)
+        act = torch.as_tensor(batch["act"], device=dev)
+        rew = torch.as_tensor(batch["rew"], device=dev)
+        t = torch.as_tensor(batch["t"], device=dev)
+        ids = torch.as_tensor(batch["task_ids"], device=dev)
+        mean, log_std, f = model(obs, act, rew, t)
+        nll = gaussian_nll(mean, log_std, act)
+        loss = nll
+        out = {"nll": nll.item(), "action_mse": (mean - act).pow(2).mean().item()}
+        if f.token is not None:
+            balance = load_balance_loss(f.token.importance, f.token.load)
+            loss = loss + tcfg.balance_weight * balance
+            out["balance"] = balance.item()
+        if self.use_cl:
+            assert f.task is not None and f.task_repr is not None and self.key_router is not None
+            query = f.task.logits[:, -1]
+            with torch.no_grad():
+                key = self.key_router(f.task_repr[:, -1].detach()).logits
+            if tcfg.contrastive == "bilinear":
+                cl = bilinear_contrastive_loss(query, key, self.bilinear, ids)
+            else:
+                cl = info_nce_loss(query, key, ids, temperature=tcfg.info_nce_temperature)
+            loss = loss + tcfg.contrastive_weight * cl
+            out["contrastive"] = cl.item()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        out["grad_norm"] = float(nn.utils.clip_grad_norm_(self.opt.param_groups[0]["params"], tcfg.grad_clip))
+        self.opt.step()
+        self.sched.step()
+        if self.key_router is not None:
+            ema_update(self.key_router, self.model.task_router, tcfg.ema_tau)
+        self.step += 1
+        out["loss"] = loss.item()
+        return out
+
+
+def train_variant(variant: str, model_cfg: ModelConfig, tcfg: TrainConfig, histories: list[History],
+                  device: torch.device, seed: int, ckpt_path: Path | None = None,
+                  log: Callable[..., None] | None = None, stop_after: int | None = None
+                  ) -> tuple[ICRLTransformer, dict[str, float]]:
+    """Train (or resume from ``ckpt_path``) one variant to ``tcfg.steps``; returns the model and
+    ``{"ms_per_step", "steps", "resumed_from"}``. ``stop_after`` ends early (tests of resume)."""
+    sampler = ContextSampler(histories, tcfg.context_episodes, tcfg.batch_size, seed, tcfg.sort_by_return)
+    trainer = Trainer(variant, model_cfg, tcfg, device, sampler, seed)
+    set_normalisation(trainer.model, histories)
+    resumed_from = 0
+    if ckpt_path is not None and ckpt_path.is_file():
+        trainer.load_state(_read(ckpt_path))
+        resumed_from = trainer.step
+    else:
+        torch.manual_seed(seed + 7)  # dropout masks
+    end = tcfg.steps if stop_after is None else min(tcfg.steps, stop_after)
+    bar = progress(total=end, desc=f"train {variant}", initial=trainer.step)
+    window: list[dict[str, float]] = []
+    while trainer.step < end:
+        t0 = time.perf_counter()
+        out = trainer.train_step()
+        trainer.elapsed += time.perf_counter() - t0
+        window.append(out)
+        bar.update(1)
+        if log is not None and (trainer.step % tcfg.log_every == 0 or trainer.step == end):
+            avg = {k: (float(np.mean([w[k] for w in window if k in w]))
+                       if any(k in w for w in window) else None) for k in LOG_KEYS}
+            log(variant=variant, step=trainer.step, lr=trainer.sched.get_last_lr()[0], **avg)
+            window = []
+        if ckpt_path is not None and (trainer.step % tcfg.ckpt_every == 0 or trainer.step == end):
+            trainer.save(ckpt_path)
+    bar.close()
+    trainer.model.eval()
+    steps_run = max(1, trainer.step)
+    return trainer.model, {"ms_per_step": 1000.0 * trainer.elapsed / steps_run,
+                           "steps": float(trainer.step), "resumed_from": float(resumed_from)}
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means the file is unusable
+        raise ValueError(f"cannot read T2MIR checkpoint {path}: {type(e).__name__}: {e}") from e
+    if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT:
+        raise ValueError(f"{path} is not a T2MIR checkpoint (format {CKPT_FORMAT!r} expected)")
+    return ck
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """Training step a checkpoint was saved at."""
+    return int(_read(Path(path))["step"])
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
+                    ) -> tuple[ICRLTransformer, dict[str, Any]]:
+    """Rebuild the trained model from a checkpoint (eval mode) and return it with the raw dict."""
+    ck = _read(Path(path))
+    model = ICRLTransformer(ModelConfig(**ck["model_config"]))
+    model.load_state_dict(ck["model"])
+    return model.to(device).eval(), ck

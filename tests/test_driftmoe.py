@@ -1,0 +1,224 @@
+"""DriftMoEClassifier: River's conformance suite, River ecosystem, input policy, the algorithm."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import pickle
+
+import numpy as np
+import pytest
+from river import checks, compose, datasets, evaluate, metrics, preprocessing
+
+from streammoe.stream import DriftMoEClassifier
+from streammoe.stream.streams import make_stream
+
+SMALL = {"n_experts": 4, "top_k": 2, "hidden_sizes": (16,), "batch_size": 16, "grace_period": 20}
+
+
+def phishing(n: int = 300) -> list[tuple[dict, bool]]:
+    return list(datasets.Phishing().take(n))
+
+
+@pytest.mark.parametrize("params", list(DriftMoEClassifier._unit_test_params()),
+                         ids=lambda p: "-".join(f"{k}={v}" for k, v in p.items() if k not in SMALL) or "default")
+def test_river_check_estimator(params: dict) -> None:
+    # The whole suite, nothing skipped (DriftMoE declares no _unit_test_skips).
+    model = DriftMoEClassifier(**params)
+    assert model._unit_test_skips() == set()
+    checks.check_estimator(model)
+
+
+def test_progressive_val_score_in_a_pipeline_with_a_scaler() -> None:
+    model = preprocessing.StandardScaler() | DriftMoEClassifier(**SMALL, seed=1)
+    metric = evaluate.progressive_val_score(phishing(), model, metrics.Accuracy())
+    assert isinstance(model, compose.Pipeline)
+    assert metric.get() > 0.75  # majority class is ~55%
+
+
+def test_predict_before_learning_and_single_class() -> None:
+    model = DriftMoEClassifier(**SMALL, seed=0)
+    assert model.predict_proba_one({"a": 1.0}) == {}
+    assert model.predict_one({"a": 1.0}) is None
+    model.learn_one({"a": 1.0}, "yes")
+    assert model.predict_proba_one({"a": 2.0}) == {"yes": 1.0}
+
+
+@pytest.mark.parametrize("mode", ["data", "task"])
+@pytest.mark.parametrize("faithful", [False, True])
+def test_pickle_roundtrip_resumes_identically(mode: str, faithful: bool) -> None:
+    data = phishing(400)
+    model = DriftMoEClassifier(**SMALL, mode=mode, faithful=faithful, seed=3)
+    for x, y in data[:250]:
+        model.predict_one(x)
+        model.learn_one(x, y)
+    restored = pickle.loads(pickle.dumps(model))
+    for x, y in data[250:]:
+        assert model.predict_proba_one(x) == restored.predict_proba_one(x)
+        model.learn_one(x, y)
+        restored.learn_one(x, y)
+    assert model.n_router_updates == restored.n_router_updates > 0
+
+
+def test_clone_is_fresh_and_deepcopy_is_equal() -> None:
+    model = DriftMoEClassifier(**SMALL, seed=5)
+    for x, y in phishing(100):
+        model.learn_one(x, y)
+    twin = copy.deepcopy(model)
+    x = phishing(101)[-1][0]
+    assert twin.predict_proba_one(x) == model.predict_proba_one(x)
+    assert model.clone().predict_proba_one(x) == {}
+
+
+def test_seed_makes_runs_identical_and_seeds_differ() -> None:
+    data = phishing(200)
+
+    def probas(seed: int) -> list[dict]:
+        m = DriftMoEClassifier(**SMALL, seed=seed)
+        out = []
+        for x, y in data:
+            out.append(m.predict_proba_one(x))
+            m.learn_one(x, y)
+        return out
+
+    assert probas(7) == probas(7)
+    assert probas(7) != probas(8)
+
+
+def test_predicting_first_does_not_change_learning() -> None:
+    # The test-then-train cache must be invisible: predict+learn == learn alone.
+    data = phishing(200)
+    a, b = DriftMoEClassifier(**SMALL, seed=2), DriftMoEClassifier(**SMALL, seed=2)
+    for x, y in data:
+        a.predict_proba_one(x)
+        a.learn_one(x, y)
+        b.learn_one(x, y)
+    probe = [x for x, _ in phishing(260)[200:]]
+    assert [a.predict_proba_one(x) for x in probe] == [b.predict_proba_one(x) for x in probe]
+
+
+@pytest.mark.parametrize("bad, match", [(float("nan"), "is nan"), (float("inf"), "is inf"),
+                                        ("red", "non-numeric"), ([1.0], "non-numeric")])
+def test_rejects_bad_values_with_a_clear_error(bad: object, match: str) -> None:
+    model = DriftMoEClassifier(**SMALL, seed=0)
+    model.learn_one({"a": 1.0, "b": 2.0}, 0)
+    model.learn_one({"a": 2.0, "b": 1.0}, 1)
+    with pytest.raises(ValueError, match=match):
+        model.learn_one({"a": 1.0, "colour": bad}, 0)
+    with pytest.raises(ValueError, match="'colour'"):
+        model.predict_one({"a": 1.0, "colour": bad})
+
+
+def test_none_counts_as_missing() -> None:
+    model = DriftMoEClassifier(**SMALL, seed=0)
+    model.learn_one({"a": 1.0, "b": None}, 0)
+    model.learn_one({"a": 2.0, "b": 3.0}, 1)
+    assert set(model.predict_proba_one({"a": 1.5, "b": None})) == {0, 1}
+
+
+def test_invalid_parameters_are_rejected() -> None:
+    with pytest.raises(ValueError, match="mode"):
+        DriftMoEClassifier(mode="expert")
+    with pytest.raises(ValueError, match="top_k"):
+        DriftMoEClassifier(n_experts=2, top_k=3)
+    with pytest.raises(ValueError, match="dropout"):
+        DriftMoEClassifier(dropout=1.0)
+
+
+@pytest.mark.parametrize("mode", ["data", "task"])
+def test_new_classes_appear_in_probabilities(mode: str) -> None:
+    model = DriftMoEClassifier(**SMALL, mode=mode, seed=0)
+    rng = np.random.default_rng(0)
+    for t in range(120):
+        y = "a" if t < 40 else ("b" if t < 80 else "c")
+        model.learn_one({"f": rng.normal() + ord(y), "g": rng.normal()}, y)
+    proba = model.predict_proba_one({"f": float(ord("c")), "g": 0.0})
+    assert set(proba) == {"a", "b", "c"}
+    assert sum(proba.values()) == pytest.approx(1.0)
+    if mode == "task":
+        assert len(model.experts) == 3
+
+
+def test_new_feature_widens_router_without_changing_its_scores() -> None:
+    model = DriftMoEClassifier(**SMALL, faithful=True, seed=0)
+    data = phishing(100)
+    for x, y in data:
+        model.learn_one(x, y)
+    x = data[0][0]
+    before = model._logits(model._vector(x)).copy()
+    adam_before = model._optimizer.state_dict()["state"][0]["exp_avg"].shape
+    model.learn_one({**x, "brand_new": 5.0}, True)  # 1 row: no router step yet
+    assert model._router.in_dim == len(x) + 1
+    assert model._optimizer.state_dict()["state"][0]["exp_avg"].shape[1] == adam_before[1] + 1
+    np.testing.assert_allclose(model._logits(model._vector(x)), before)
+
+
+def test_faithful_data_mode_answers_with_the_top_expert_alone() -> None:
+    model = DriftMoEClassifier(**SMALL, faithful=True, seed=4)
+    data = phishing(300)
+    for x, y in data[:250]:
+        model.learn_one(x, y)
+    for x, _ in data[250:]:
+        proba = model.predict_proba_one(x)
+        expert = model.experts[model.last_expert].predict_proba_one(x)
+        total = sum(expert.values())
+        expected = {c: expert.get(c, 0.0) / total for c in model.classes} if total else \
+            {c: 1 / len(model.classes) for c in model.classes}
+        assert proba == pytest.approx(expected)
+
+
+def test_faithful_task_mode_prediction_is_the_router_argmax() -> None:
+    model = DriftMoEClassifier(**{**SMALL, "batch_size": None}, mode="task", faithful=True, seed=4)
+    data = list(datasets.ImageSegments().take(150))
+    for x, y in data[:120]:
+        model.learn_one(x, y)
+    assert model.n_router_updates == 120  # the paper's task mode: one Adam step per row
+    for x, _ in data[120:]:
+        y_pred = model.predict_one(x)
+        assert y_pred == model.classes[model.last_expert]
+
+
+def test_router_steps_every_batch_and_buffers_stay_bounded() -> None:
+    model = DriftMoEClassifier(**SMALL, seed=0)
+    data = phishing(16 * 6)
+    for i, (x, y) in enumerate(data, start=1):
+        model.learn_one(x, y)
+        assert model.n_router_updates == i // 16
+        assert model._buf_x.shape[0] == 16 and model._buf_m.shape == (16, 4)
+
+
+def test_only_top_k_experts_learn_each_instance() -> None:
+    model = DriftMoEClassifier(n_experts=6, top_k=2, hidden_sizes=(16,), batch_size=16,
+                               faithful=True, seed=0)  # faithful: no expert resets
+    seen_before = [0.0] * 6
+    for x, y in phishing(60):
+        model.learn_one(x, y)
+        seen = [e._train_weight_seen_by_model for e in model.experts]
+        grew = [s - b for s, b in zip(seen, seen_before)]
+        assert sorted(grew) == [0, 0, 0, 0, 1, 1]
+        seen_before = seen
+
+
+def test_learns_a_drifting_stream_better_than_chance() -> None:
+    stream = make_stream("SEAa", scale=0.003, seed=1)  # 3000 rows, drifts at 750/1500/2250
+    model = DriftMoEClassifier(n_experts=6, top_k=2, hidden_sizes=(32,), batch_size=64, seed=0)
+    metric = metrics.Accuracy()
+    for x, y in stream:
+        metric.update(y, model.predict_one(x))
+        model.learn_one(x, y)
+    assert metric.get() > 0.80  # SEA with 10% label noise: the majority class is ~60%
+    assert model.n_router_updates == 3000 // 64
+
+
+def test_drift_detector_resets_experts_on_abrupt_change() -> None:
+    model = DriftMoEClassifier(**SMALL, seed=0)
+    rng = np.random.default_rng(0)
+    for t in range(3000):
+        a, b = rng.uniform(-1, 1, 2)
+        y = (a > 0) if t < 1500 else (a <= 0)  # the concept flips at 1500
+        model.learn_one({"a": a, "b": b}, bool(y))
+    assert model.n_resets >= 1
+    faithful = DriftMoEClassifier(**SMALL, faithful=True, seed=0)
+    for x, y in itertools.islice(phishing(), 50):
+        faithful.learn_one(x, y)
+    assert faithful.n_resets == 0

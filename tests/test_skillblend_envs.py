@@ -1,0 +1,123 @@
+"""SkillBlender environments: Gymnasium API, observation layout, rewards, bad input, rendering."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+from gymnasium.utils.passive_env_checker import env_render_passive_checker
+
+import streammoe  # noqa: F401  (sets MUJOCO_GL before mujoco loads)
+from envs.skillblend import ACTION_DIM, ENV_IDS, PROPRIO_DIM
+
+ALL = sorted(ENV_IDS)
+TASKS = ["box_push", "button", "far_reach"]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_env_passes_gymnasium_checker(name: str) -> None:
+    env = gym.make(ENV_IDS[name], render_mode="rgb_array")
+    # The checker's own render pass also opens a "human" window, which needs a display; the
+    # rgb_array mode gets the same passive render check explicitly.
+    check_env(env.unwrapped, skip_render_check=True)
+    env.reset(seed=0)
+    env_render_passive_checker(env.unwrapped)
+    env.close()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_reset_is_seeded_and_layout_holds(name: str) -> None:
+    env = gym.make(ENV_IDS[name])
+    a, _ = env.reset(seed=3)
+    b, _ = env.reset(seed=3)
+    c, _ = env.reset(seed=4)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+    assert env.action_space.shape == (ACTION_DIM,)
+    u = env.unwrapped
+    prop = u.proprioception()
+    assert prop.shape == (PROPRIO_DIM,)
+    # skills: [goal, proprio]; tasks: [proprio, features]
+    np.testing.assert_allclose(c[-PROPRIO_DIM:] if name in ("walk", "reach") else c[:PROPRIO_DIM], prop)
+    env.close()
+
+
+@pytest.mark.parametrize("name", ["far_reach", "walk"])
+def test_bad_actions_are_rejected(name: str) -> None:
+    env = gym.make(ENV_IDS[name]).unwrapped
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="6 entries"):
+        env.step(np.zeros(4))
+    with pytest.raises(ValueError, match="NaN"):
+        env.step(np.array([0, 0, np.nan, 0, 0, 0]))
+
+
+def test_walk_goal_shrinks_when_driving_towards_it() -> None:
+    env = gym.make(ENV_IDS["walk"]).unwrapped
+    env.reset(seed=1)
+    g0 = env.goal()
+    for _ in range(20):  # drive along the base-frame displacement (a trivially scripted walker)
+        dxy = env.goal()[:2]
+        env.step(np.r_[np.clip(2 * dxy, -1, 1), 0, 0, 0, 0])
+    assert np.linalg.norm(env.goal()[:2]) < np.linalg.norm(g0[:2]) - 0.3
+
+
+def test_reach_reward_peaks_at_the_target() -> None:
+    env = gym.make(ENV_IDS["reach"]).unwrapped
+    env.reset(seed=2)
+    far_reward, far_info = env.step(np.zeros(ACTION_DIM))[1::3]
+    env.target = env.ee_pos  # put the target on the hand: error 0
+    near_reward, near_info = env.step(np.zeros(ACTION_DIM))[1::3]
+    assert near_info["error"] < 0.01 < far_info["error"]
+    assert near_reward > far_reward and near_reward > 0.9
+    assert near_info["success"]
+
+
+def test_button_press_latches_success() -> None:
+    env = gym.make(ENV_IDS["button"]).unwrapped
+    env.reset(seed=0)
+    assert not env.step(np.zeros(ACTION_DIM))[4]["success"]
+    env.data.qpos[env._button_q] = 0.02  # pushed 2 cm in
+    info = env.step(np.zeros(ACTION_DIM))[4]
+    assert info["success"]
+    env.data.qpos[env._button_q] = 0.0
+    assert env.step(np.zeros(ACTION_DIM))[4]["success"]  # stays pressed for the episode
+
+
+def test_box_push_error_is_box_to_goal_distance() -> None:
+    env = gym.make(ENV_IDS["box_push"]).unwrapped
+    env.reset(seed=5)
+    info = env.step(np.zeros(ACTION_DIM))[4]
+    assert info["error"] == pytest.approx(np.linalg.norm(env.box_pos[:2] - env.goal_xy))
+    assert 0.5 < info["error"] < 1.1
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_tasks_are_out_of_reach_from_the_start(name: str) -> None:
+    """Every task needs the base to move: the target starts beyond the arm's ~0.75 m reach."""
+    env = gym.make(ENV_IDS[name]).unwrapped
+    for seed in range(5):
+        env.reset(seed=seed)
+        info = env.step(np.zeros(ACTION_DIM))[4]
+        far = (np.linalg.norm(env.box_pos[:2] - env.base_xy) if name == "box_push" else info["error"])
+        assert far > 0.9
+
+
+def test_feasibility_figures_respond_to_motion() -> None:
+    env = gym.make(ENV_IDS["far_reach"]).unwrapped
+    env.reset(seed=0)
+    still = env.step(np.zeros(ACTION_DIM))[4]
+    for _ in range(5):
+        moving = env.step(np.ones(ACTION_DIM))[4]
+    assert moving["joint_velocity"] > still["joint_velocity"] + 0.5
+    assert moving["torque"] > still["torque"]
+    assert moving["tilt"] > 1e-3  # the suspension tilts under acceleration
+
+
+def test_render_rgb_array_frame() -> None:
+    env = gym.make(ENV_IDS["box_push"], render_mode="rgb_array")
+    env.reset(seed=0)
+    frame = env.render()
+    assert frame.shape == (240, 320, 3) and frame.dtype == np.uint8 and frame.std() > 5
+    env.close()

@@ -1,0 +1,149 @@
+"""Streams, prequential evaluation, the Hydra experiments and the benchmark script."""
+
+from __future__ import annotations
+
+import json
+import runpy
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from river import tree
+
+from streammoe.cli import run_experiment
+from streammoe.stream import DriftMoEClassifier
+from streammoe.stream.evaluation import kappa_stats, prequential
+from streammoe.stream.streams import STREAMS, SigmoidDrift, iter_file, make_stream
+from tests.conftest import compose_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", sorted(STREAMS))
+def test_every_paper_stream_builds_with_scaled_drifts(name: str) -> None:
+    s = make_stream(name, scale=0.002, seed=3)  # RBF generation is slow: keep it short
+    assert s.n_instances == 2000
+    data = list(s)
+    assert len(data) == 2000
+    n_features = {"led": 24, "sea": 3, "rbf": 10}[STREAMS[name].family]
+    assert all(len(x) == n_features for x, _ in data[:50])
+    if name.endswith("a"):
+        assert s.drifts == [500, 1000, 1500] and s.drift_width == 50
+    elif name.endswith("g"):
+        assert s.drifts == [450, 950, 1450] and s.drift_width == 100
+    else:
+        assert s.drifts == []
+    assert list(make_stream(name, scale=0.002, seed=3))[:100] == data[:100]  # seeded
+    assert list(make_stream(name, scale=0.002, seed=4))[:100] != data[:100]
+
+
+def test_full_length_positions_match_the_paper() -> None:
+    assert make_stream("LEDa").drifts == [249_975, 499_975, 749_975]
+    assert make_stream("SEAg").drifts == [225_000, 475_000, 725_000]
+    assert make_stream("SEAg").drift_width == 50_000
+    assert make_stream("RBFf").n_instances == 1_000_000
+
+
+def test_sea_concept_changes_at_the_abrupt_drift() -> None:
+    # SEA variant 0 (threshold 8) -> variant 1 (threshold 9): label = x0 + x1 > threshold.
+    data = list(make_stream("SEAa", scale=0.004, seed=1))  # drifts at 1000, 2000, 3000
+
+    def agreement(rows: list, theta: float) -> float:
+        return sum((x[0] + x[1] > theta) == y for x, y in rows) / len(rows)
+
+    before, after = data[200:950], data[1100:1950]
+    assert agreement(before, 8.0) > agreement(before, 9.0) + 0.03
+    assert agreement(after, 9.0) > agreement(after, 8.0) + 0.03
+
+
+def test_sigmoid_drift_switches_at_its_position_without_overflow() -> None:
+    old = [({"v": 0}, "old")] * 100_000
+    new = [({"v": 1}, "new")] * 100_000
+    drift = SigmoidDrift(old, new, position=50_000, width=50, seed=0)
+    labels = [y for _, (_, y) in zip(range(60_000), drift)]
+    assert set(labels[:49_800]) == {"old"} and set(labels[50_200:]) == {"new"}
+
+
+def test_make_stream_rejects_unknown_names_and_scales() -> None:
+    with pytest.raises(ValueError, match="unknown stream"):
+        make_stream("Elec")
+    with pytest.raises(ValueError, match="scale"):
+        make_stream("SEAa", scale=2.0)
+
+
+def test_csv_and_arff_files_stream_in_order(tmp_path: Path) -> None:
+    csv_path = tmp_path / "elec.csv"
+    csv_path.write_text("date,nswprice,day,class\n0.1,0.05,2,UP\n0.2,?,3,DOWN\n0.3,0.07,,UP\n")
+    rows = list(iter_file(csv_path))
+    assert rows == [({"date": 0.1, "nswprice": 0.05, "day": 2.0}, "UP"),
+                    ({"date": 0.2, "day": 3.0}, "DOWN"), ({"date": 0.3, "nswprice": 0.07}, "UP")]
+    assert list(iter_file(csv_path, target="day", drop=("date",), n_instances=1)) == \
+        [({"nswprice": 0.05, "class": "UP"}, "2")]
+    arff = tmp_path / "tiny.arff"
+    arff.write_text("@relation t\n@attribute a numeric\n@attribute 'b' numeric\n"
+                    "@attribute class {x,y}\n@data\n% a comment\n1,2,x\n3,?,y\n")
+    assert list(iter_file(arff)) == [({"a": 1.0, "b": 2.0}, "x"), ({"a": 3.0}, "y")]
+    with pytest.raises(ValueError, match="target column"):
+        list(iter_file(csv_path, target="nope"))
+    with pytest.raises(FileNotFoundError):
+        list(iter_file(tmp_path / "missing.csv"))
+
+
+def test_prequential_counts_every_instance_and_kappas() -> None:
+    stream = make_stream("SEAa", scale=0.001, seed=2)  # 1000 instances
+    labels = [y for _, y in stream]
+    res = prequential({"ht": tree.HoeffdingTreeClassifier(),
+                       "moe": DriftMoEClassifier(n_experts=3, top_k=1, hidden_sizes=(8,),
+                                                 batch_size=32, seed=0)},
+                      stream, window=300, memory_checkpoints=2)
+    ht = res["ht"]
+    # The first prediction is None (nothing learned) and still counts: n is every instance.
+    assert ht.n == 1000 and ht.window_ends == [300, 600, 900, 1000]
+    assert ht.window_accuracy[-1] == pytest.approx(
+        (ht.accuracy * 1000 - sum(a * 300 for a in ht.window_accuracy[:-1])) / 100)
+    majority = Counter(labels).most_common(1)[0][1] / 1000
+    assert ht.accuracy > majority
+    assert ht.kappa_m != ht.kappa_t and ht.kappa_m > 0 and ht.kappa_t > 0
+    assert len(res["moe"].expert_share) == 4 and len(res["moe"].expert_share[0]) == 3
+    assert sum(res["moe"].expert_share[0]) == pytest.approx(1.0)
+    assert ht.inst_per_s > 0 and ht.peak_memory_mb > 0 and len(ht.memory_mb) == 2
+
+
+def test_kappa_stats_formula() -> None:
+    km, kt = kappa_stats(n=100, correct=80, majority_correct=60, no_change_correct=50)
+    assert km == pytest.approx((0.8 - 0.6) / 0.4) and kt == pytest.approx((0.8 - 0.5) / 0.5)
+
+
+def test_smoke_experiment_writes_figures_and_plots(tmp_path: Path, capsys) -> None:
+    cfg = compose_config(["experiment=driftmoe_smoke"])
+    metrics = run_experiment(cfg, tmp_path)
+    out = capsys.readouterr().out
+    assert "driftmoe" in out and "ht" in out and "accuracy" in out
+    assert metrics["n"] == 2000 and metrics["drifts"] == [500, 1000, 1500]
+    assert 70 < metrics["driftmoe/accuracy"] <= 100 and 70 < metrics["ht/accuracy"] <= 100
+    for f in ("metrics.csv", "metrics.json", "accuracy_over_time.png", "experts_driftmoe.png",
+              "config_resolved.yaml"):
+        assert (tmp_path / f).stat().st_size > 0, f
+    header = (tmp_path / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert header[:3] == ["instance", "acc_driftmoe", "acc_ht"] and "share_driftmoe_3" in header
+
+
+def test_default_experiment_config_selects_stream_and_model() -> None:
+    cfg = compose_config(["experiment=driftmoe", "stream=LEDg", "model=driftmoe_task_faithful"])
+    assert cfg.driftmoe.stream.name == "LEDg" and cfg.driftmoe.stream.scale == 0.1
+    assert cfg.driftmoe.model.kind == "driftmoe_task_faithful"
+    assert list(cfg.driftmoe.baselines) == ["arf", "ht"]
+
+
+def test_bench_script_writes_json_with_speed_ratios(tmp_path: Path, capsys) -> None:
+    bench = runpy.run_path(str(ROOT / "scripts" / "bench_driftmoe.py"), run_name="bench")
+    out = tmp_path / "bench.json"
+    rc = bench["main"](["--streams", "SEAa,RBFm", "--seeds", "1", "--n-instances", "150",
+                        "--learners", "driftmoe,arf,ht", "--n-jobs", "1", "--out", str(out)])
+    assert rc == 0
+    assert "speed_vs_arf" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert {r["stream"] for r in data["rows"]} == {"SEAa", "RBFm"}
+    arf = [r for r in data["rows"] if r["learner"] == "arf"]
+    assert all(r["speed_vs_arf"] == pytest.approx(1.0) for r in arf)
+    assert set(data["vs_arf"]["driftmoe"]) == {"SEAa", "RBFm"}
