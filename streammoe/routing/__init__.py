@@ -4,6 +4,7 @@ Every streammoe system imports routing from here (``from streammoe.routing impor
 package depends on torch and numpy only and imports no system.
 """
 
+from streammoe.routing.ema import ema_copy, ema_update
 from streammoe.routing.gates import (
     GATES,
     get_gate,
@@ -40,6 +41,8 @@ __all__ = [
     "bilinear_contrastive_loss",
     "cv_squared",
     "dense_mixture",
+    "ema_copy",
+    "ema_update",
     "entropy",
     "get_gate",
     "hard_gate",

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from envs.trading import TradingEnv
 from streammoe.control.macrohft.memory import EpisodicMemory
 from streammoe.control.macrohft.networks import HyperAgent, SubAgentQNet, mixed_q, stack_q
+from streammoe.routing import ema_update
 
 __all__ = ["DQNConfig", "HyperConfig", "ReplayBuffer", "Rollout", "greedy_rollout", "q_table",
            "train_hyperagent", "train_subagent"]
@@ -95,12 +96,6 @@ class ReplayBuffer:
 def _epsilon(step: int, decay_steps: int, cfg: DQNConfig) -> float:
     frac = min(1.0, step / max(1, decay_steps))
     return cfg.eps_start + frac * (cfg.eps_end - cfg.eps_start)
-
-
-def _soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
-    with torch.no_grad():
-        for t, o in zip(target.parameters(), online.parameters()):
-            t.lerp_(o, tau)
 
 
 def teacher_kl(q: Tensor, teacher_q: Tensor) -> Tensor:
@@ -198,7 +193,7 @@ def train_subagent(env: TradingEnv, chunk_starts: Sequence[int], chunk_length: i
                 loss.backward()
                 nn.utils.clip_grad_norm_(q_net.parameters(), cfg.grad_clip)
                 opt.step()
-                _soft_update(target, q_net, cfg.tau)
+                ema_update(target, q_net, cfg.tau)
                 losses.append((td.item(), kl.item()))
         if log is not None and losses:
             td_m, kl_m = np.mean(losses, axis=0)
@@ -288,7 +283,7 @@ def train_hyperagent(env: TradingEnv, chunk_starts: Sequence[int], chunk_length:
                 loss.backward()
                 nn.utils.clip_grad_norm_(hyper.parameters(), cfg.grad_clip)
                 opt.step()
-                _soft_update(target, hyper, cfg.tau)
+                ema_update(target, hyper, cfg.tau)
                 losses.append((td.item(), kl.item(), mem.item()))
             if cfg.use_memory:  # keys follow the embedding as it changes
                 memory.reencode(hyper.embed)

@@ -27,8 +27,13 @@ from torch import nn
 
 from streammoe.control.t2mir.data import ContextSampler, History
 from streammoe.control.t2mir.model import ICRLTransformer, ModelConfig, gaussian_nll, variant_flags
-from streammoe.routing import bilinear_contrastive_loss, info_nce_loss, load_balance_loss
-from streammoe.routing.ema import ema_copy, ema_update
+from streammoe.routing import (
+    bilinear_contrastive_loss,
+    ema_copy,
+    ema_update,
+    info_nce_loss,
+    load_balance_loss,
+)
 from streammoe.runs import progress
 
 __all__ = ["CKPT_FORMAT", "TrainConfig", "Trainer", "checkpoint_step", "load_checkpoint", "train_variant"]
