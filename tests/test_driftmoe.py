@@ -222,3 +222,16 @@ def test_drift_detector_resets_experts_on_abrupt_change() -> None:
     for x, y in itertools.islice(phishing(), 50):
         faithful.learn_one(x, y)
     assert faithful.n_resets == 0
+
+
+def test_drift_detector_ignores_a_fall_in_error() -> None:
+    # Noisy labels, then a clean concept: the error drops (ADWIN flags it) but no expert went
+    # stale, so nothing is reset.
+    model = DriftMoEClassifier(**SMALL, seed=0)
+    rng = np.random.default_rng(0)
+    for t in range(3000):
+        a, b = rng.uniform(-1, 1, 2)
+        y = bool(rng.random() < 0.5) if t < 1500 else bool(a > 0)
+        model.learn_one({"a": a, "b": b}, y)
+    assert model.n_drifts >= 1
+    assert model.n_resets == 0

@@ -102,8 +102,7 @@ class DriftMoEClassifier(base.Classifier):
         ``True``: the paper's algorithm exactly; ``False``: with the improvements above.
     drift_reset
         When not ``faithful``, in data mode: reset the expert with the worst recent accuracy when
-        ADWIN flags a change of the ensemble's error (River's ADWIN flags a change in either
-        direction; see docs/driftmoe.md).
+        ADWIN flags a rise of the ensemble's error (a flagged fall is ignored).
     seed
         Seed of the router's generator (initialisation and dropout).
 
@@ -187,6 +186,7 @@ class DriftMoEClassifier(base.Classifier):
         self._n_learned = 0
         self._n_router_updates = 0
         self._n_resets = 0
+        self._n_drifts = 0
         self._expert_acc = np.full(n_experts, 0.5)  # EWMA accuracy of each expert (data mode)
         self._adwin = drift.ADWIN()
         # Test-then-train cache: what predict_proba_one computed for the last x.
@@ -248,6 +248,11 @@ class DriftMoEClassifier(base.Classifier):
     def n_resets(self) -> int:
         """Experts reset by the drift detector so far."""
         return self._n_resets
+
+    @property
+    def n_drifts(self) -> int:
+        """Changes of the ensemble's error that ADWIN flagged, rises and falls."""
+        return self._n_drifts
 
     @property
     def experts(self) -> list[tree.HoeffdingTreeClassifier]:
@@ -574,8 +579,13 @@ class DriftMoEClassifier(base.Classifier):
         weights = _sigmoid(logits[top])
         vote = self._mixture([probas[int(i)] for i in top], weights)
         error = float(max(vote, key=vote.get) != y) if vote else 1.0
+        before = self._adwin.estimation
         self._adwin.update(error)
-        if self._adwin.drift_detected:
+        if not self._adwin.drift_detected:
+            return
+        self._n_drifts += 1
+        # ADWIN flags changes both ways; only a rise in error means the experts went stale.
+        if self._adwin.estimation > before:
             worst = int(np.argmin(self._expert_acc))
             self._experts[worst] = self._new_tree()
             self._expert_acc[worst] = 0.5
