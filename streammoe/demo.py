@@ -34,6 +34,7 @@ def make_task(n_regions: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def sample(n: int, slopes: torch.Tensor, bias: torch.Tensor, noise: float, g: torch.Generator
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``n`` points of the plane with noisy targets and their region index."""
     x = torch.rand(n, 2, generator=g) * 2 - 1
     angle = torch.atan2(x[:, 1], x[:, 0]) + torch.pi  # [0, 2pi]
     region = (angle / (2 * torch.pi) * len(slopes)).long().clamp_max(len(slopes) - 1)
@@ -42,6 +43,7 @@ def sample(n: int, slopes: torch.Tensor, bias: torch.Tensor, noise: float, g: to
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Train the mixture and the linear baseline; write metrics and the region/expert plot."""
     c = cfg.demo
     device = resolve_device(cfg.device)
     slopes, bias = make_task(c.n_regions, cfg.seed)

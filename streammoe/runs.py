@@ -93,6 +93,7 @@ class RunRecorder:
         self._columns: list[str] | None = None
 
     def log(self, **values: Any) -> None:
+        """Append one row to ``metrics.csv``."""
         row = {k: to_jsonable(v) for k, v in values.items()}
         if self._columns is None:
             self._columns = list(row)

@@ -94,6 +94,7 @@ class SparseMoE(nn.Module):
         self.router = router
 
     def forward(self, x: Tensor, route_input: Tensor | None = None) -> tuple[Tensor, RouterOutput]:
+        """Mix the selected experts' outputs for every row of ``x``."""
         route_input = x if route_input is None else route_input
         if route_input.shape[:-1] != x.shape[:-1]:
             raise ValueError(

@@ -138,6 +138,7 @@ class MLPRouter(SeededModule):
             _init_linear(layer, (last_layer_init or init) if is_last else init, self.generator)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(..., n_experts)`` for contexts ``(..., in_dim)``."""
         if x.shape[-1] != self.in_dim:
             raise ValueError(f"router expects {self.in_dim} input features, got {x.shape[-1]}")
         for layer in self.layers[:-1]:
@@ -190,6 +191,7 @@ class NoisyTopKRouter(SeededModule):
         nn.init.zeros_(self.w_noise.weight)
 
     def forward(self, x: Tensor) -> RouterOutput:
+        """Route contexts ``(..., in_dim)``; noise only in training mode."""
         if x.shape[-1] != self.in_dim:
             raise ValueError(f"router expects {self.in_dim} input features, got {x.shape[-1]}")
         flat = x.reshape(-1, self.in_dim)

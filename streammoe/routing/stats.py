@@ -34,6 +34,7 @@ class RoutingStats:
         self.reset()
 
     def reset(self) -> None:
+        """Forget everything seen so far."""
         self.n_rows = 0
         self.top1_counts = np.zeros(self.n_experts, dtype=np.int64)
         self.weight_sums = np.zeros(self.n_experts, dtype=np.float64)
@@ -41,6 +42,7 @@ class RoutingStats:
         self._recent: deque[int] = deque(maxlen=self.window)
 
     def update(self, routing: torch.Tensor | np.ndarray) -> None:
+        """Add rows of routing weights ``(n, n_experts)`` or chosen expert indices ``(n,)``."""
         if isinstance(routing, torch.Tensor):
             routing = routing.detach().cpu()
             arr = (routing if not torch.is_floating_point(routing) else routing.double()).numpy()
@@ -67,14 +69,17 @@ class RoutingStats:
 
     @property
     def utilisation(self) -> np.ndarray:
+        """Share of rows whose top-1 expert was each expert."""
         return self.top1_counts / max(self.n_rows, 1)
 
     @property
     def mean_entropy(self) -> float:
+        """Mean entropy (nats) of the rows' routing distributions."""
         return self.entropy_sum / max(self.n_rows, 1)
 
     @property
     def switch_rate(self) -> float:
+        """Fraction of consecutive rows in the window whose top-1 expert differs."""
         recent = np.fromiter(self._recent, dtype=np.int64)
         if len(recent) < 2:
             return 0.0

@@ -44,6 +44,7 @@ def comparison_rows(results: dict[str, PrequentialResult], reference: str = "arf
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Hydra entry: the model and its baselines, prequentially on one stream; table and plots."""
     c = cfg.driftmoe
     torch.set_num_threads(1)  # one-row routers: threads only add contention
     warm_up_torch()  # torch's one-time lazy imports stay out of the timed part

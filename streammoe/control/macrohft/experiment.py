@@ -80,6 +80,7 @@ def _val_score(env: TradingEnv, net: torch.nn.Module, starts: np.ndarray, length
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Hydra entry: data, regimes, sub-agents, hyper-agent, test-split evaluation and plots."""
     c, data_cfg = cfg.macrohft, OmegaConf.to_container(cfg.data, resolve=True)
     torch.set_num_threads(int(c.threads))
     rec = RunRecorder(run_dir)

@@ -50,6 +50,8 @@ def count_trades(positions: Sequence[float] | np.ndarray, initial: float = 0.0) 
 
 def trading_metrics(values: Sequence[float] | np.ndarray, bars_per_year: float,
                     positions: Sequence[float] | np.ndarray | None = None) -> dict[str, float]:
+    """Return, volatility, drawdown, Sharpe, Calmar, Sortino and trades of a value series,
+    annualised with ``bars_per_year``."""
     v = np.asarray(values, np.float64)
     if v.ndim != 1 or len(v) < 2:
         raise ValueError(f"need a 1-D value series of >= 2 points, got shape {v.shape}")

@@ -44,6 +44,7 @@ class MacroHFT:
 
 
 def save_checkpoint(model: MacroHFT, path: str | Path) -> Path:
+    """Write the trained model to ``path``; ``load_checkpoint`` reads it back."""
     path = Path(path)
     hyper = model.mixer if isinstance(model.mixer, HyperAgent) else None
     torch.save({
