@@ -35,8 +35,6 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> Any:
     """Run the configured experiment; return its objective for sweepers."""
-    if not CONF_DIR.is_dir():
-        raise FileNotFoundError(f"config folder {CONF_DIR} not found; set STREAMMOE_CONF")
     metrics = run_experiment(cfg, HydraConfig.get().runtime.output_dir)
     # A sweeper (e.g. Optuna) can optimise the experiment's declared objective.
     objective = cfg.get("objective")

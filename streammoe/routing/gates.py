@@ -77,13 +77,16 @@ def top_k_indices(logits: Tensor, k: int) -> Tensor:
     return torch.topk(logits, k, dim=-1, sorted=True).indices
 
 
-def top_k_gate(logits: Tensor, k: int, temperature: float = 1.0) -> Tensor:
+def top_k_gate(logits: Tensor, k: int, temperature: float = 1.0, indices: Tensor | None = None
+               ) -> Tensor:
     """Sparse gate: softmax renormalised over the ``k`` highest logits, exact zeros elsewhere.
 
     Gradients reach only the selected logits; unselected experts get weight 0 and no gradient.
+    Pass ``indices`` (from :func:`top_k_indices` on the same logits) when the caller needs them
+    too, so the top-k search runs once.
     """
     _check_temperature(temperature)
-    idx = top_k_indices(logits, k)
+    idx = top_k_indices(logits, k) if indices is None else indices
     masked = torch.full_like(logits, float("-inf")).scatter(-1, idx, logits.gather(-1, idx))
     return torch.softmax(masked / temperature, dim=-1)
 

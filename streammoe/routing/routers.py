@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from streammoe.routing.gates import top_k_gate
+from streammoe.routing.gates import top_k_gate, top_k_indices
 
 __all__ = ["MLPRouter", "NoisyTopKRouter", "RouterOutput", "SeededModule"]
 
@@ -202,8 +202,8 @@ class NoisyTopKRouter(SeededModule):
             logits = clean + self._randn(clean.shape, clean) * std
         else:
             logits = clean
-        weights = top_k_gate(logits, self.k)
-        indices = torch.topk(logits, self.k, dim=-1).indices
+        indices = top_k_indices(logits, self.k)
+        weights = top_k_gate(logits, self.k, indices=indices)
         if use_noise and self.k < self.n_experts:
             load = self._smooth_load(clean, logits, std)
         else:
