@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from river import base, drift, tree
 
-from streammoe.routing import MLPRouter
+from streammoe.routing import MLPRouter, multi_hot_bce
 
 __all__ = ["DriftMoEClassifier", "warm_up_torch"]
 
@@ -433,7 +433,7 @@ class DriftMoEClassifier(base.Classifier):
         xb = torch.as_tensor(self._buf_x[:n], dtype=torch.float32)
         mb = torch.as_tensor(self._buf_m[:n], dtype=torch.float32)
         self._router.train()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(self._router(xb), mb)
+        loss = multi_hot_bce(self._router(xb), mb)
         self._optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self._optimizer.step()
@@ -522,8 +522,8 @@ class DriftMoEClassifier(base.Classifier):
                     self._grow_router_output(len(self._classes))
         # The scores the model predicted with (cached when predict_proba_one just saw x), taken
         # before this row updates the scaler, so predicting first never changes what is learned.
-        if not (self._cache_at == self._n_learned and self._cache_x == x and
-                self._cache_logits.shape[0] == max(self._n_out, 1)):
+        # A new class (task mode) widened the router since: those cached scores are stale.
+        if self._cache_logits.shape[0] != max(self._n_out, 1):
             self._cache_x = None
         logits = self._scores(x)
         self._add_features(x)
@@ -563,19 +563,19 @@ class DriftMoEClassifier(base.Classifier):
         mask = correct.copy()
         if not mask.any():  # nobody right: the expert that gave y the most probability
             mask[int(np.argmax(p_true))] = 1.0
+        top = self._top(logits, self.top_k)
         if not self.faithful:
-            self._track_drift(x, y, logits, probas, correct)
+            self._track_drift(y, logits, top, probas, correct)
         self._push(v, mask)
-        for i in self._top(logits, self.top_k):
+        for i in top:
             self._experts[int(i)].learn_one(x, y)
 
-    def _track_drift(self, x: dict, y: Any, logits: np.ndarray, probas: list[dict],
+    def _track_drift(self, y: Any, logits: np.ndarray, top: np.ndarray, probas: list[dict],
                      correct: np.ndarray) -> None:
         """ADWIN on the ensemble's 0/1 error; on a detected change, reset the worst recent expert."""
         self._expert_acc += 0.01 * (correct - self._expert_acc)
         if not self.drift_reset:
             return
-        top = self._top(logits, self.top_k)
         weights = _sigmoid(logits[top])
         vote = self._mixture([probas[int(i)] for i in top], weights)
         error = float(max(vote, key=vote.get) != y) if vote else 1.0

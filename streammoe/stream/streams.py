@@ -155,30 +155,29 @@ def iter_file(path: str | Path, target: str | None = None, n_instances: int | No
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"stream file {path} not found")
-    if path.suffix.lower() == ".arff":
-        rows, names = _arff_rows(path)
-    else:
-        f = path.open(newline="")
-        reader = csv.reader(f)
-        names = next(reader)
-        rows = reader
-    target = target if target is not None else names[-1]
-    if target not in names:
-        raise ValueError(f"target column {target!r} not in {path.name} columns {names}")
-    t = names.index(target)
-    keep = [i for i, n in enumerate(names) if i != t and n not in drop]
-    for row in itertools.islice(rows, n_instances):
-        if not row:
-            continue
-        if len(row) != len(names):
-            raise ValueError(f"{path.name}: row with {len(row)} fields, header has {len(names)}")
-        x = {names[i]: _parse_value(row[i]) for i in keep if row[i] not in ("", "?")}
-        yield x, row[t]  # labels stay strings: "1" and "1.0" are different classes in a file
+    with path.open(newline="") as f:  # closed when the stream ends or is dropped
+        if path.suffix.lower() == ".arff":
+            rows, names = _arff_rows(f)
+        else:
+            rows = csv.reader(f)
+            names = next(rows)
+        target = target if target is not None else names[-1]
+        if target not in names:
+            raise ValueError(f"target column {target!r} not in {path.name} columns {names}")
+        t = names.index(target)
+        keep = [i for i, n in enumerate(names) if i != t and n not in drop]
+        for row in itertools.islice(rows, n_instances):
+            if not row:
+                continue
+            if len(row) != len(names):
+                raise ValueError(f"{path.name}: row with {len(row)} fields, header has {len(names)}")
+            x = {names[i]: _parse_value(row[i]) for i in keep if row[i] not in ("", "?")}
+            yield x, row[t]  # labels stay strings: "1" and "1.0" are different classes in a file
 
 
-def _arff_rows(path: Path) -> tuple[Iterator[list[str]], list[str]]:
+def _arff_rows(lines: Iterator[str]) -> tuple[Iterator[list[str]], list[str]]:
+    """(data rows, attribute names) of an ARFF file's lines."""
     names: list[str] = []
-    lines = path.open()
     for line in lines:
         low = line.strip().lower()
         if low.startswith("@attribute"):
