@@ -166,6 +166,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     # 6. test evaluation --------------------------------------------------------------------------
     test = envs["test"]
+    test_index = test.features.index  # the test split's timestamps
     a0 = fs.splits["test"][0]
     long_a, flat_a = int(np.argmax(test.levels)), test.flat_index
     macd = macd_long(fs.close)[a0:]
@@ -188,11 +189,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     weights = model.weights(obs[mh.bars, prev_pos]).numpy()
     stats = RoutingStats(len(names), window=len(weights))
     stats.update(torch.from_numpy(weights))
-    pd.DataFrame({"time": fs.split("test").index[mh.bars], "close": test.prices[mh.bars],
+    pd.DataFrame({"time": test_index[mh.bars], "close": test.prices[mh.bars],
                   "position": mh.positions, **{f"w_{n}": weights[:, i] for i, n in enumerate(names)}}
                  ).to_csv(run_dir / "test_weights.csv", index=False)
-    _plot_equity(fs.split("test").index, rollouts, run_dir / "equity.png")
-    _plot_weights(fs.split("test").index[mh.bars], test.prices[mh.bars], weights, names,
+    _plot_equity(test_index, rollouts, run_dir / "equity.png")
+    _plot_weights(test_index[mh.bars], test.prices[mh.bars], weights, names,
                   run_dir / "weights.png")
 
     metrics: dict[str, Any] = dict(results["macrohft"])

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from streammoe.control.macrohft.features import ObsLayout
 from streammoe.routing import dense_mixture, softmax_gate
 
-__all__ = ["FiLM", "HyperAgent", "SubAgentQNet", "dueling_combine", "mixed_q"]
+__all__ = ["FiLM", "HyperAgent", "SubAgentQNet", "dueling_combine", "mixed_q", "stack_q"]
 
 
 def dueling_combine(value: Tensor, advantage: Tensor) -> Tensor:

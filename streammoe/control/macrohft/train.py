@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from envs.trading import TradingEnv
 from streammoe.control.macrohft.memory import EpisodicMemory
 from streammoe.control.macrohft.networks import HyperAgent, SubAgentQNet, mixed_q, stack_q
-from streammoe.routing import ema_update
+from streammoe.routing import ema_copy, ema_update
 
 __all__ = ["DQNConfig", "HyperConfig", "ReplayBuffer", "Rollout", "greedy_rollout", "q_table",
            "train_hyperagent", "train_subagent"]
@@ -142,6 +142,16 @@ def _explore(greedy: np.ndarray, eps: float, n_actions: int, rng: np.random.Gene
     return np.where(random, rng.integers(0, n_actions, len(greedy)), greedy)
 
 
+def _optimise(opt: torch.optim.Optimizer, net: nn.Module, target: nn.Module, loss: Tensor,
+              cfg: DQNConfig) -> None:
+    """One clipped gradient step on ``net``, then the Polyak update of its ``target``."""
+    opt.zero_grad()
+    loss.backward()
+    nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+    opt.step()
+    ema_update(target, net, cfg.tau)
+
+
 def train_subagent(env: TradingEnv, chunk_starts: Sequence[int], chunk_length: int,
                    cfg: DQNConfig, alpha: float, seed: int, log: LogFn | None = None,
                    name: str = "subagent") -> SubAgentQNet:
@@ -156,7 +166,7 @@ def train_subagent(env: TradingEnv, chunk_starts: Sequence[int], chunk_length: i
     rng = np.random.default_rng(seed)
     n_actions = env.action_space.n
     q_net = SubAgentQNet(env.layout, n_actions, cfg.hidden, cfg.use_adapter)
-    target = copy.deepcopy(q_net)
+    target = ema_copy(q_net)
     opt = torch.optim.Adam(q_net.parameters(), lr=cfg.lr)
     buffer = ReplayBuffer(cfg.buffer_size, env.layout.dim, n_actions)
     decay_steps = int(cfg.eps_decay_epochs * len(chunk_starts) * chunk_length)
@@ -188,12 +198,7 @@ def train_subagent(env: TradingEnv, chunk_starts: Sequence[int], chunk_length: i
                 q_all = q_net(b["obs"])
                 td = F.mse_loss(q_all.gather(1, b["action"][:, None]).squeeze(1), y)
                 kl = teacher_kl(q_all, b["teacher_q"])
-                loss = td + alpha * kl
-                opt.zero_grad()
-                loss.backward()
-                nn.utils.clip_grad_norm_(q_net.parameters(), cfg.grad_clip)
-                opt.step()
-                ema_update(target, q_net, cfg.tau)
+                _optimise(opt, q_net, target, td + alpha * kl, cfg)
                 losses.append((td.item(), kl.item()))
         if log is not None and losses:
             td_m, kl_m = np.mean(losses, axis=0)
@@ -227,7 +232,7 @@ def train_hyperagent(env: TradingEnv, chunk_starts: Sequence[int], chunk_length:
         agent.eval().requires_grad_(False)
     n_actions, n_experts = env.action_space.n, len(subagents)
     hyper = HyperAgent(env.layout, n_experts, cfg.hidden, cfg.use_adapter, cfg.temperature)
-    target = copy.deepcopy(hyper)
+    target = ema_copy(hyper)
     opt = torch.optim.Adam(hyper.parameters(), lr=cfg.lr)
     memory = EpisodicMemory(cfg.memory_capacity, cfg.hidden, env.layout.dim, cfg.memory_k)
     # the frozen sub-agents' Q of obs and next_obs are stored, so updates never re-run them
@@ -278,12 +283,7 @@ def train_hyperagent(env: TradingEnv, chunk_starts: Sequence[int], chunk_length:
                     if found.any():
                         mem = F.mse_loss(q_sa[found], mem_value[found])
                 kl = teacher_kl(q_all, b["teacher_q"])
-                loss = td + cfg.memory_weight * mem + cfg.kl_weight * kl
-                opt.zero_grad()
-                loss.backward()
-                nn.utils.clip_grad_norm_(hyper.parameters(), cfg.grad_clip)
-                opt.step()
-                ema_update(target, hyper, cfg.tau)
+                _optimise(opt, hyper, target, td + cfg.memory_weight * mem + cfg.kl_weight * kl, cfg)
                 losses.append((td.item(), kl.item(), mem.item()))
             if cfg.use_memory:  # keys follow the embedding as it changes
                 memory.reencode(hyper.embed)
