@@ -23,7 +23,7 @@ from streammoe.routing import (
     sparse_dispatch,
     switch_balance_loss,
 )
-from streammoe.runs import RunRecorder, progress, save_figure
+from streammoe.runs import RunRecorder, progress, pyplot, save_figure
 
 
 def make_task(n_regions: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,10 +103,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def _plot(counts: np.ndarray, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(4, 3.2))
     share = counts / counts.sum(1, keepdims=True).clip(min=1)

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import numpy as np
 from tqdm.auto import tqdm
 
-__all__ = ["RunRecorder", "format_table", "progress", "save_figure", "to_jsonable"]
+__all__ = ["RunRecorder", "format_table", "progress", "pyplot", "save_figure", "to_jsonable"]
 
 T = TypeVar("T")
 
@@ -114,6 +114,16 @@ class RunRecorder:
                        if isinstance(v, (int, float)) or v is None]
             print(format_table(scalars, title=title or f"results ({self.run_dir})"), file=sys.stdout)
         return clean
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (plots go to files; no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def save_figure(fig: Any, path: str | Path) -> Path:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from streammoe.runs import RunRecorder, format_table, save_figure
+from streammoe.runs import RunRecorder, format_table, pyplot, save_figure
 from streammoe.stream.driftmoe import warm_up_torch
 from streammoe.stream.evaluation import PrequentialResult, prequential
 from streammoe.stream.learners import make_learner
@@ -89,10 +89,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 def _plot_accuracy(results: dict[str, PrequentialResult], drifts: list[int], path: Path,
                    stream: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(8, 3.5))
     for name, r in results.items():
@@ -109,10 +106,7 @@ def _plot_accuracy(results: dict[str, PrequentialResult], drifts: list[int], pat
 
 def _plot_experts(ends: list[int], shares: list[list[float]], drifts: list[int], path: Path,
                   name: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     width = max(len(s) for s in shares)
     mat = np.array([list(s) + [0.0] * (width - len(s)) for s in shares]).T  # experts x windows

@@ -47,7 +47,7 @@ from streammoe.control.macrohft.train import (
     train_subagent,
 )
 from streammoe.routing import RoutingStats
-from streammoe.runs import RunRecorder, save_figure
+from streammoe.runs import RunRecorder, pyplot, save_figure
 
 __all__ = ["build_envs", "run"]
 
@@ -211,10 +211,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def _plot_equity(index: pd.DatetimeIndex, rollouts: dict[str, Rollout], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(9, 4))
     for name in ("macrohft", "buy_and_hold", "ddqn", "macd"):
@@ -230,10 +227,7 @@ def _plot_equity(index: pd.DatetimeIndex, rollouts: dict[str, Rollout], path: Pa
 
 def _plot_weights(index: pd.DatetimeIndex, close: np.ndarray, weights: np.ndarray,
                   names: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (ax0, ax1) = plt.subplots(2, 1, figsize=(9, 5), sharex=True, height_ratios=(1, 1.4))
     ax0.plot(index, close, color="black", lw=0.8)

@@ -86,13 +86,9 @@ def assign_regimes(starts: np.ndarray, labels: dict[str, np.ndarray],
 def plot_regimes(close: np.ndarray, starts: np.ndarray, chunk_length: int,
                  bins: dict[str, np.ndarray], path: str | Path) -> Path:
     """Price coloured by each chunk's trend class (top) and volatility class (bottom)."""
-    import matplotlib
+    from streammoe.runs import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from streammoe.runs import save_figure
-
+    plt = pyplot()
     colours = {0: "lightgrey", 1: "tab:red", 2: "tab:grey", 3: "tab:green", 4: "lightgrey"}
     names = {"trend": ("bear", "flat", "bull"), "volatility": ("low", "mid", "high")}
     vol_colours = {0: "lightgrey", 1: "tab:blue", 2: "tab:orange", 3: "tab:purple", 4: "lightgrey"}
