@@ -182,7 +182,7 @@ def task_family(name: str, n_train: int, n_test: int, task_seed: int = 0,
     """Train and held-out test tasks of ``point_robot`` or ``cheetah_vel``.
 
     Point-Robot goals are at angles drawn uniformly in ``[0, pi]`` on the unit circle; Cheetah-Vel
-    targets uniformly in ``[0, 3]``. The test tasks are the last ``n_test`` draws, so they never
+    targets uniformly in ``[0, 3]``. The test tasks are the first ``n_test`` draws, so they never
     coincide with a training task, and growing ``n_train`` keeps the test set fixed.
     """
     if n_train < 1 or n_test < 1:

@@ -29,12 +29,15 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from envs.task_families import task_family
 from streammoe.cli import CONF_DIR
 from streammoe.control.t2mir.data import ContextSampler, History, ensure_dataset
-from streammoe.control.t2mir.experiment import collector_spec, run_t2mir
-from streammoe.control.t2mir.model import ModelConfig
-from streammoe.control.t2mir.train import TrainConfig, Trainer
+from streammoe.control.t2mir.experiment import (
+    build_configs,
+    collector_spec,
+    family_from_config,
+    run_t2mir,
+)
+from streammoe.control.t2mir.train import Trainer
 from streammoe.devices import resolve_device, seed_everything
 from streammoe.runs import format_table, save_figure, to_jsonable
 
@@ -53,16 +56,14 @@ def synthetic_histories(c: Any, obs_dim: int, act_dim: int) -> list[History]:
 def step_times(c: Any, device: torch.device, rounds: int, warmup: int = 3,
                synthetic: bool = False) -> dict[str, float]:
     """Median ms per training step of every variant, measured round-robin in one process."""
-    fam = task_family(c.family, c.n_train_tasks, c.n_test_tasks, c.task_seed, c.horizon)
+    fam = family_from_config(c)
     if synthetic:
         env = fam.make_env(fam.train_tasks[0])
         hist = synthetic_histories(c, env.observation_space.shape[0], env.action_space.shape[0])
         env.close()
     else:
         _, _, hist = ensure_dataset(c.data_dir, fam, c.n_episodes, collector_spec(c), c.data_seed)
-    mcfg = ModelConfig(obs_dim=hist[0].observations.shape[-1], act_dim=hist[0].actions.shape[-1],
-                       horizon=fam.horizon, **OmegaConf.to_container(c.model, resolve=True))
-    tcfg = TrainConfig.from_mapping(OmegaConf.to_container(c.train, resolve=True))
+    mcfg, tcfg = build_configs(c, fam, hist)
     trainers = {v: Trainer(v, mcfg, tcfg, device,
                             ContextSampler(hist, tcfg.context_episodes, tcfg.batch_size, 0, tcfg.sort_by_return), 0)
                 for v in c.variants}

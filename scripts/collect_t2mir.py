@@ -16,10 +16,9 @@ import sys
 import numpy as np
 from hydra import compose, initialize_config_dir
 
-from envs.task_families import task_family
 from streammoe.cli import CONF_DIR
 from streammoe.control.t2mir.data import ensure_dataset
-from streammoe.control.t2mir.experiment import collector_spec
+from streammoe.control.t2mir.experiment import collector_spec, family_from_config
 from streammoe.runs import format_table
 
 
@@ -27,7 +26,7 @@ def main(overrides: list[str]) -> None:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     c = cfg.t2mir
-    fam = task_family(c.family, c.n_train_tasks, c.n_test_tasks, c.task_seed, c.horizon)
+    fam = family_from_config(c)
     folder, manifest, hist = ensure_dataset(c.data_dir, fam, c.n_episodes, collector_spec(c), c.data_seed)
     rows = [{"task": ", ".join(f"{x:.3f}" for x in h.task), "first_return": float(h.returns[0]),
              "last_return": float(h.returns[-1]), "best_return": float(h.returns.max())} for h in hist]

@@ -87,6 +87,11 @@ class MobileManipulatorEnv(MujocoEnv):
         out[:2] = yaw_rotation(self.base_yaw).T @ out[:2]
         return out
 
+    def point_features(self, point: np.ndarray) -> np.ndarray:
+        """Hand-to-point (3-D) and base-to-point (2-D) vectors of a world point, in the base frame."""
+        return np.concatenate([self.to_base_frame(point - self.ee_pos),
+                               self.to_base_frame(point[:2] - self.base_xy)])
+
     @property
     def tilt(self) -> float:
         """Angle (rad) between the chassis' up axis and the world's."""

@@ -31,8 +31,7 @@ class FarReachEnv(MobileManipulatorEnv):
         self.data.mocap_pos[0] = self.target
 
     def _extra_obs(self) -> np.ndarray:
-        return np.concatenate([self.to_base_frame(self.target - self.ee_pos),
-                               self.to_base_frame(self.target[:2] - self.base_xy)])
+        return self.point_features(self.target)
 
     def _evaluate(self, action: np.ndarray) -> tuple[float, dict[str, Any]]:
         error = float(np.linalg.norm(self.ee_pos - self.target))
@@ -74,9 +73,7 @@ class ButtonEnv(MobileManipulatorEnv):
         return self.data.xpos[self._button_body] - np.array([self._button_half, 0.0, 0.0])
 
     def _extra_obs(self) -> np.ndarray:
-        return np.concatenate([self.to_base_frame(self.button_face - self.ee_pos),
-                               self.to_base_frame(self.button_face[:2] - self.base_xy),
-                               [self.data.qpos[self._button_q]]])
+        return np.concatenate([self.point_features(self.button_face), [self.data.qpos[self._button_q]]])
 
     def _evaluate(self, action: np.ndarray) -> tuple[float, dict[str, Any]]:
         depth = float(self.data.qpos[self._button_q])
@@ -118,9 +115,7 @@ class BoxPushEnv(MobileManipulatorEnv):
 
     def _extra_obs(self) -> np.ndarray:
         box = self.box_pos
-        return np.concatenate([self.to_base_frame(box - self.ee_pos),
-                               self.to_base_frame(box[:2] - self.base_xy),
-                               self.to_base_frame(self.goal_xy - box[:2])])
+        return np.concatenate([self.point_features(box), self.to_base_frame(self.goal_xy - box[:2])])
 
     def _evaluate(self, action: np.ndarray) -> tuple[float, dict[str, Any]]:
         box = self.box_pos

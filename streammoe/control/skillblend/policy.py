@@ -105,7 +105,7 @@ class SkillBlendPolicy(ActorCriticPolicy):
             and len({s.goal_dim for s in skills}) == 1
         if not self.stacked:
             return
-        layers = [[m for m in s.body if isinstance(m, nn.Linear)] + [s.head] for s in skills]
+        layers = [s.linears() for s in skills]
         for i in range(len(layers[0])):
             # non-persistent: derived from the skills, which the state dict already holds
             self.register_buffer(f"stack_w{i}", torch.stack([ls[i].weight.detach().T for ls in layers]),
@@ -123,7 +123,7 @@ class SkillBlendPolicy(ActorCriticPolicy):
         return out
 
     def _restack(self) -> None:
-        layers = [[m for m in s.body if isinstance(m, nn.Linear)] + [s.head] for s in self.skills]
+        layers = [s.linears() for s in self.skills]
         with torch.no_grad():
             for i in range(self.n_stacked_layers):
                 getattr(self, f"stack_w{i}").copy_(torch.stack([ls[i].weight.T for ls in layers]))

@@ -86,6 +86,10 @@ class MLPSkill(Skill):
     def proprio_dim(self) -> int:
         return self.config["in_dim"] - self.goal_dim
 
+    def linears(self) -> list[nn.Linear]:
+        """The affine layers in order: the body's, then the head."""
+        return [*(m for m in self.body if isinstance(m, nn.Linear)), self.head]
+
     def forward(self, goal: Tensor, proprio: Tensor) -> Tensor:
         if goal.shape[-1] != self.goal_dim or proprio.shape[-1] != self.proprio_dim:
             raise ValueError(f"skill {self.name!r} takes goal (..., {self.goal_dim}) and proprio "
@@ -115,9 +119,8 @@ def skill_from_sb3(model: Any, name: str, goal_low: Sequence[float], goal_high: 
     skill = MLPSkill(name, in_dim, int(policy.action_space.shape[0]), goal_low, goal_high,
                      hidden=[lin.out_features for lin in linears], activation=act, squash=squash)
     src = [*linears, policy.action_net]
-    dst = [m for m in skill.body if isinstance(m, nn.Linear)] + [skill.head]
     with torch.no_grad():
-        for s, d in zip(src, dst):
+        for s, d in zip(src, skill.linears()):
             d.weight.copy_(s.weight)
             d.bias.copy_(s.bias)
     return skill.cpu()

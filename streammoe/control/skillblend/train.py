@@ -123,16 +123,12 @@ def train_skill(name: str, sk: DictConfig, out_dir: Path, seed: int, device: str
     return skill, metrics
 
 
-def skill_checkpoints(skills_dir: Path, names: list[str]) -> dict[str, Path]:
-    return {n: Path(skills_dir) / f"{n}.pt" for n in names}
-
-
 def ensure_skills(sk: DictConfig, skills_dir: str | None, run_dir: Path, seed: int, device: str,
                   recorder: RunRecorder | None = None) -> tuple[list[MLPSkill], Path]:
     """Load the skills from ``skills_dir``; train the missing ones first (saying so)."""
     names = list(sk.names)
     target = Path(skills_dir) if skills_dir else run_dir / "skills"
-    paths = skill_checkpoints(target, names)
+    paths = {n: target / f"{n}.pt" for n in names}
     missing = [n for n, p in paths.items() if not p.is_file()]
     if missing:
         where = f"in {target}" if skills_dir else "(skills_dir not set)"
@@ -198,24 +194,17 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     eval_kw = env_kwargs(c.get("episode_steps"))
     metrics: dict[str, Any] = {"task": c.task, "method": c.method}
-    metrics.update(_evaluate_model(model, env_id, c.eval_episodes, 10_000 + cfg.seed, eval_kw))
+    policy = model_policy_fn(model)
+    metrics.update(evaluate(policy, env_id, c.eval_episodes, 10_000 + cfg.seed, **eval_kw))
     metrics.update(train_steps=model.num_timesteps, train_seconds=seconds,
                    train_steps_per_s=model.num_timesteps / seconds, device=device)
     if c.video_episodes:
-        _, metrics["video_frames"] = _record(model, env_id, run_dir / f"{c.task}_{c.method}.mp4",
-                                             c.video_episodes, 20_000 + cfg.seed, eval_kw)
+        _, metrics["video_frames"] = record_rollout(policy, env_id, run_dir / f"{c.task}_{c.method}.mp4",
+                                                    c.video_episodes, 20_000 + cfg.seed, **eval_kw)
     if c.method != "flat":
         metrics.update(skills_dir=str(skills_dir), **_blend_summary(model, env_id, skills, run_dir,
                                                                      30_000 + cfg.seed, c, eval_kw))
     return rec.finish(metrics, title=f"skillblend: {c.method} on {c.task}")
-
-
-def _evaluate_model(model: PPO, env_id: str, n: int, seed: int, kw: dict[str, Any]) -> dict[str, float]:
-    return evaluate(model_policy_fn(model), env_id, n, seed, **kw)
-
-
-def _record(model: PPO, env_id: str, path: Path, n: int, seed: int, kw: dict[str, Any]) -> tuple[Path, int]:
-    return record_rollout(model_policy_fn(model), env_id, path, n, seed, **kw)
 
 
 def _blend_summary(model: PPO, env_id: str, skills: list[MLPSkill], run_dir: Path, seed: int,

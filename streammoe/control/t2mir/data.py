@@ -280,9 +280,8 @@ class ContextSampler:
         # window shows steady improvement rather than the learner's noisy ups and downs.
         order = [np.argsort(h.returns, kind="stable") if sort_by_return else np.arange(n_ep)
                  for h in histories]
-        self.obs = np.stack([h.observations[o] for h, o in zip(histories, order)])
-        self.act = np.stack([h.actions[o] for h, o in zip(histories, order)])
-        self.rew = np.stack([h.rewards[o] for h, o in zip(histories, order)])
+        self.obs, self.act, self.rew = (np.stack([getattr(h, field)[o] for h, o in zip(histories, order)])
+                                        for field in ("observations", "actions", "rewards"))
         self.k, self.batch_size = context_episodes, batch_size
         self.rng = np.random.default_rng(seed)
         self.horizon = self.rew.shape[2]

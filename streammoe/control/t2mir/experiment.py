@@ -18,18 +18,27 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from envs.task_families import TaskFamily, task_family
-from streammoe.control.t2mir.data import ensure_dataset
+from streammoe.control.t2mir.data import History, ensure_dataset
 from streammoe.control.t2mir.evaluate import EvalResult, evaluate_in_context
 from streammoe.control.t2mir.model import ModelConfig, variant_flags
 from streammoe.control.t2mir.train import TrainConfig, checkpoint_step, train_variant
 from streammoe.devices import resolve_device
 from streammoe.runs import RunRecorder, format_table, save_figure
 
-__all__ = ["collector_spec", "run", "run_t2mir"]
+__all__ = ["build_configs", "collector_spec", "family_from_config", "run", "run_t2mir"]
 
 
-def _family(c: DictConfig) -> TaskFamily:
+def family_from_config(c: DictConfig) -> TaskFamily:
+    """The task family a ``t2mir`` config block describes."""
     return task_family(c.family, c.n_train_tasks, c.n_test_tasks, c.task_seed, c.horizon)
+
+
+def build_configs(c: DictConfig, family: TaskFamily, histories: list[History]) -> tuple[ModelConfig, TrainConfig]:
+    """The model config (shapes from the histories, the rest from ``t2mir.model``) and ``t2mir.train``."""
+    h0 = histories[0]
+    model_cfg = ModelConfig(obs_dim=h0.observations.shape[-1], act_dim=h0.actions.shape[-1],
+                            horizon=family.horizon, **OmegaConf.to_container(c.model, resolve=True))
+    return model_cfg, TrainConfig.from_mapping(OmegaConf.to_container(c.train, resolve=True))
 
 
 def collector_spec(c: DictConfig) -> dict[str, Any]:
@@ -78,12 +87,9 @@ def run_t2mir(c: DictConfig, run_dir: Path, seed: int, device_name: str = "auto"
     run_dir = Path(run_dir)
     for v in c.variants:
         variant_flags(v)  # fail on a typo before any work
-    family = _family(c)
+    family = family_from_config(c)
     folder, manifest, histories = ensure_dataset(c.data_dir, family, c.n_episodes, collector_spec(c), c.data_seed)
-    h0 = histories[0]
-    model_cfg = ModelConfig(obs_dim=h0.observations.shape[-1], act_dim=h0.actions.shape[-1],
-                            horizon=family.horizon, **OmegaConf.to_container(c.model, resolve=True))
-    tcfg = TrainConfig.from_mapping(OmegaConf.to_container(c.train, resolve=True))
+    model_cfg, tcfg = build_configs(c, family, histories)
     rec = _recorder(run_dir)
     results: dict[str, EvalResult] = {}
     train_info: dict[str, dict[str, float]] = {}
@@ -123,8 +129,7 @@ def run_t2mir(c: DictConfig, run_dir: Path, seed: int, device_name: str = "auto"
             _plot_assignment(r.task_expert_counts, family.test_tasks, run_dir / f"expert_assignment_{v}.png", v)
     if echo:
         print(format_table(rows, title=f"T2MIR {c.family}: in-context return on held-out tasks (seed {seed})"))
-    rec_metrics = rec.finish(metrics, echo=False)
-    return rec_metrics
+    return rec.finish(metrics, echo=False)
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:

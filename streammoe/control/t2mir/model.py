@@ -140,7 +140,7 @@ class DualMoE(nn.Module):
         if self.task is not None:
             # Causal task representation: mean of the hidden states up to and including each
             # position (the reference pools over the whole sequence, which leaks the future).
-            prev = cache.task_sum if cache is not None and cache.task_sum is not None else None
+            prev = cache.task_sum if cache is not None else None
             cums = torch.cumsum(h, dim=1)
             if prev is not None:
                 cums = cums + prev.unsqueeze(1)
