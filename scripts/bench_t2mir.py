@@ -39,7 +39,7 @@ from streammoe.control.t2mir.experiment import (
 )
 from streammoe.control.t2mir.train import Trainer
 from streammoe.devices import resolve_device, seed_everything
-from streammoe.runs import format_table, save_figure, to_jsonable
+from streammoe.runs import format_table, pyplot, save_figure, to_jsonable
 
 
 def synthetic_histories(c: Any, obs_dim: int, act_dim: int) -> list[History]:
@@ -153,10 +153,7 @@ def main() -> None:
 
 
 def _plot(curves: dict[str, np.ndarray], path: Path, name: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for v, cur in curves.items():

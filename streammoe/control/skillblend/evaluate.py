@@ -12,7 +12,7 @@ import numpy as np
 
 import envs.skillblend  # noqa: F401  (registers the ids)
 from envs.skillblend.base import ACTUATED_JOINTS
-from streammoe.runs import save_figure
+from streammoe.runs import pyplot, save_figure
 from streammoe.video import record_episodes
 
 __all__ = ["evaluate", "plot_blend_weights", "record_rollout", "rollout_blend_weights"]
@@ -94,10 +94,7 @@ def rollout_blend_weights(model: Any, env_id: str, seed: int, **make_kwargs: Any
 def plot_blend_weights(weights: np.ndarray, skill_names: list[str], path: Path, dt: float = 0.04,
                        error: np.ndarray | None = None, title: str = "") -> Path:
     """One panel per joint: the weight of each skill over the episode (stacked, sums to 1)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     steps, n_skills, n_joints = weights.shape
     t = np.arange(steps) * dt

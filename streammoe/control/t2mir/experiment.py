@@ -23,7 +23,7 @@ from streammoe.control.t2mir.evaluate import EvalResult, evaluate_in_context
 from streammoe.control.t2mir.model import ModelConfig, variant_flags
 from streammoe.control.t2mir.train import TrainConfig, checkpoint_step, train_variant
 from streammoe.devices import resolve_device
-from streammoe.runs import RunRecorder, format_table, save_figure
+from streammoe.runs import RunRecorder, format_table, pyplot, save_figure
 
 __all__ = ["build_configs", "collector_spec", "family_from_config", "run", "run_t2mir"]
 
@@ -138,10 +138,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def _plot_returns(results: dict[str, EvalResult], path: Path, family: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for v, r in results.items():
@@ -159,10 +156,7 @@ def _plot_returns(results: dict[str, EvalResult], path: Path, family: str) -> No
 
 def _plot_assignment(counts: np.ndarray, tasks: np.ndarray, path: Path, variant: str) -> None:
     """One panel per test task: share of tokens routed to each task expert, per episode."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     n = counts.shape[0]
     fig, axes = plt.subplots(1, n, figsize=(2.2 * n + 1, 3), squeeze=False, sharey=True)
