@@ -3,13 +3,17 @@
 Per task and seed, the three methods train back to back in one process with the same env-step
 budget and PPO settings (``conf/skillblend/ppo/default.yaml``); each is then evaluated over
 ``--eval-episodes`` noise-off episodes. Throughput (env steps/s of ``model.learn``) of the blender
-is reported as a ratio to plain SB3 PPO (``flat``) measured in the same process, right after it,
-on the same env: other load on the machine affects both alike.
+is reported as a ratio to plain SB3 PPO (``flat``) trained in the same worker on the same env
+(blend, hard, flat one after another; curve evaluations are not counted), so load drift between
+them still shows; ``--throughput-only`` is the more robust measurement.
 
     python scripts/bench_skillblend.py --skills-dir outputs/skillblend_skills/<run>/skills \\
-        --timesteps 50000 --seeds 0 1 2 --jobs 3 --out docs/results/skillblend_bench.json
+        --timesteps 61440 --seeds 0 1 2 --jobs 2 --curve-every 20480 --curve-episodes 20 \\
+        --also-at 40960 --out outputs/bench_skillblend_v2.json
 
 Prints a table and writes JSON (per-run rows, per task/method aggregates, and the targets).
+``--curve-every`` adds noise-off evaluations during training (learning curves, JSON + PNG);
+``--also-at`` summarises the runs at an earlier curve point as if that were the budget.
 ``--throughput-only`` measures speed alone, interleaving blender and PPO training in one process
 (more robust to other load than the back-to-back figures of the accuracy runs):
 
@@ -29,9 +33,14 @@ import numpy as np
 
 
 def bench_one(task: str, seed: int, skills_dir: str, timesteps: int, n_envs: int, eval_episodes: int,
-              methods: list[str], device: str, overrides: list[str]) -> list[dict[str, Any]]:
-    """Train and evaluate every method on one (task, seed); runs in a joblib worker."""
+              methods: list[str], device: str, overrides: list[str], curve_every: int = 0,
+              curve_episodes: int = 10) -> list[dict[str, Any]]:
+    """Train and evaluate every method on one (task, seed); runs in a joblib worker. With
+    ``curve_every``, the deterministic policy is also evaluated every ``curve_every`` env steps on
+    ``curve_episodes`` episodes (a learning curve; it draws no random numbers, so training is
+    unchanged)."""
     import torch
+    from stable_baselines3.common.callbacks import BaseCallback
 
     torch.set_num_threads(1)
     import streammoe  # noqa: F401  (MUJOCO_GL)
@@ -44,18 +53,39 @@ def bench_one(task: str, seed: int, skills_dir: str, timesteps: int, n_envs: int
     c = _compose(overrides).skillblend
     names = list(c.skills.names)
     skills = [load_skill(Path(skills_dir) / f"{n}.pt") for n in names]
+    class Curve(BaseCallback):
+        """Noise-off evaluation every ``curve_every`` env steps, at rollout boundaries."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.points: list[dict[str, float]] = []
+            self.seconds = 0.0  # evaluation time, left out of the throughput figure
+
+        def _on_step(self) -> bool:
+            return True
+
+        def _on_rollout_start(self) -> None:
+            if curve_every and self.num_timesteps >= curve_every * (len(self.points) + 1):
+                start = time.perf_counter()
+                m = evaluate(model_policy_fn(self.model), ENV_IDS[task], curve_episodes, seed=10_000 + seed)
+                self.points.append({"env_steps": self.num_timesteps, **m})
+                self.seconds += time.perf_counter() - start
+
     rows = []
     for method in methods:
         seed_everything(seed)
         vec = make_vec(ENV_IDS[task], n_envs, seed)
         model = make_model(method, vec, skills, c, seed, device)
+        curve = Curve()
         start = time.perf_counter()
-        model.learn(total_timesteps=timesteps)
-        seconds = time.perf_counter() - start
+        model.learn(total_timesteps=timesteps, callback=curve)
+        seconds = time.perf_counter() - start - curve.seconds
         vec.close()
         m = evaluate(model_policy_fn(model), ENV_IDS[task], eval_episodes, seed=10_000 + seed)
+        curve.points.append({"env_steps": model.num_timesteps, **m})
         rows.append({"task": task, "method": method, "seed": seed, **m, "train_steps": model.num_timesteps,
-                     "train_seconds": seconds, "train_steps_per_s": model.num_timesteps / seconds})
+                     "train_seconds": seconds, "train_steps_per_s": model.num_timesteps / seconds,
+                     "curve": curve.points})
         print(f"[bench] {task} {method} seed={seed}: error {m['final_error_mean']:.3f} "
               f"success {m['success_rate']:.2f} {model.num_timesteps / seconds:.0f} steps/s", flush=True)
     return rows
@@ -153,6 +183,12 @@ def main() -> None:
     p.add_argument("--out", default="outputs/bench_skillblend.json")
     p.add_argument("--override", nargs="*", default=[],
                    help="Hydra overrides of experiment=skillblend, e.g. skillblend.gate_temperature=0.3")
+    p.add_argument("--curve-every", type=int, default=0,
+                   help="also evaluate every N env steps (learning curves in the JSON and a PNG; 0: off)")
+    p.add_argument("--curve-episodes", type=int, default=10)
+    p.add_argument("--also-at", type=int, nargs="*", default=[],
+                   help="also summarise the curve points at these env steps (a learning curve point is "
+                        "exactly the model a run with that budget would end with: PPO's schedules are constant)")
     p.add_argument("--throughput-only", action="store_true",
                    help="only the interleaved blender-vs-PPO speed measurement (no accuracy runs)")
     p.add_argument("--throughput-chunk", type=int, default=4096)
@@ -183,17 +219,56 @@ def main() -> None:
     jobs = [(task, seed) for task in args.tasks for seed in args.seeds]
     results = Parallel(n_jobs=args.jobs, backend="loky")(
         delayed(bench_one)(task, seed, args.skills_dir, args.timesteps, args.n_envs, args.eval_episodes,
-                           args.methods, args.device, args.override) for task, seed in jobs)
+                           args.methods, args.device, args.override, args.curve_every, args.curve_episodes)
+        for task, seed in jobs)
     rows = [r for rs in results for r in rs]
     table, targets = aggregate(rows)
     print(format_table(table, title=f"SkillBlender bench: {args.timesteps} env steps per method, "
                                     f"mean over seeds {args.seeds}, {args.eval_episodes} eval episodes each"))
     print(json.dumps(targets, indent=2))
+    at_budget = {}
+    for steps in args.also_at:
+        at_rows = [{**r, **p} for r in rows for p in r["curve"] if p["env_steps"] == steps]
+        if len({(r["task"], r["method"], r["seed"]) for r in at_rows}) < len(rows):
+            print(f"--also-at {steps}: not every run has a curve point there (use a multiple of --curve-every)")
+            continue
+        at_table, at_targets = aggregate(at_rows)
+        print(format_table(at_table, title=f"the same runs at {steps} env steps ({args.curve_episodes} eval episodes)"))
+        print(json.dumps(at_targets, indent=2))
+        at_budget[str(steps)] = {"summary": at_table, "targets": at_targets}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "wall_seconds": time.perf_counter() - start,
-                               "summary": table, "targets": targets, "runs": rows}, indent=2) + "\n")
+                               "summary": table, "targets": targets, "at_budget": at_budget, "runs": rows},
+                              indent=2) + "\n")
     print(f"wrote {out}")
+    if args.curve_every:
+        print(f"wrote {plot_curves(rows, out.with_suffix('.png'))}")
+
+
+def plot_curves(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Noise-off final error vs env steps, mean over seeds, one panel per task."""
+    from streammoe.runs import pyplot, save_figure
+
+    plt = pyplot()
+    tasks = sorted({r["task"] for r in rows})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for method in ("blend", "hard", "flat"):
+            rs = [r for r in rows if r["task"] == task and r["method"] == method]
+            if not rs:
+                continue
+            n = min(len(r["curve"]) for r in rs)
+            steps = np.mean([[p["env_steps"] for p in r["curve"][:n]] for r in rs], axis=0)
+            err = np.array([[p["final_error_mean"] for p in r["curve"][:n]] for r in rs])
+            ax.plot(steps, err.mean(0), marker="o", label=method)
+            ax.fill_between(steps, err.min(0), err.max(0), alpha=0.15)
+        ax.set_title(task)
+        ax.set_xlabel("env steps")
+        ax.set_ylabel("final error (noise off)")
+        ax.legend(fontsize=8)
+    fig.suptitle("learning curves: mean over seeds (band: min-max)")
+    return save_figure(fig, path)
 
 
 if __name__ == "__main__":

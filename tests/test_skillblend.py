@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import gymnasium as gym
 import imageio.v2 as imageio
 import numpy as np
 import pytest
@@ -276,3 +277,32 @@ def test_smoke_is_deterministic(make_config, tmp_path: Path) -> None:
     a = run_experiment(cfg, tmp_path / "a")
     b = run_experiment(cfg, tmp_path / "b")
     assert a["final_error_mean"] == b["final_error_mean"] and a["energy"] == b["energy"]
+
+
+# ---------------------------------------------------------------------- diagnostic
+@pytest.mark.parametrize("task", ["far_reach", "button", "box_push"])
+def test_scripted_blender_routes_walk_to_the_base_and_reach_to_the_arm(task: str) -> None:
+    from streammoe.control.skillblend.diagnose import scripted_blender
+
+    walk, reach = make_skills()
+    for skill, bias in ((walk, -0.3), (reach, 0.4)):  # constant skills: output tanh(head bias)
+        with torch.no_grad():
+            skill.head.weight.zero_()
+            skill.head.bias.copy_(bias * torch.arange(1, ACTION_DIM + 1) / ACTION_DIM)
+    policy = scripted_blender(task, walk, reach, standoff=0.5)
+    obs, _ = gym.make(ENV_IDS[task]).reset(seed=0)
+    action = policy(obs)
+    expected = np.tanh(np.concatenate([walk.head.bias.detach().numpy()[:3], reach.head.bias.detach().numpy()[3:]]))
+    np.testing.assert_allclose(action, expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="unknown task"):
+        scripted_blender("juggle", walk, reach, 0.5)
+
+
+def test_reach_error_by_height_reports_every_target() -> None:
+    from streammoe.control.skillblend.diagnose import reach_error_by_height
+
+    _, reach = make_skills()
+    rows = reach_error_by_height(reach, [0.2, 0.6], [0.5], steps=3)
+    assert [r["target_height"] for r in rows] == [0.2, 0.6]
+    # the hand barely moves in 3 steps, so the error is about |hand - target|
+    assert all(r["final_error"] > 0.1 and np.isfinite(r["hand_height"]) for r in rows)

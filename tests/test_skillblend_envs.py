@@ -93,6 +93,27 @@ def test_box_push_error_is_box_to_goal_distance() -> None:
     assert 0.5 < info["error"] < 1.1
 
 
+@pytest.mark.parametrize(("arm", "moves"), [("lowered", True), ("raised", False)])
+def test_only_a_lowered_hand_pushes_the_box(arm: str, moves: bool) -> None:
+    """Driving at a box 1 m ahead: with the hand lowered (~0.2 m) it pushes the box; with the arm
+    up the chassis passes over the box without moving it (only the hand can push)."""
+    env = gym.make(ENV_IDS["box_push"]).unwrapped
+    env.reset(seed=0)
+    heading = np.array([np.cos(env.base_yaw), np.sin(env.base_yaw)])
+    q = env.data.qpos.copy()
+    q[env._box_q] = [*(env.base_xy + heading), 0.0]
+    env.set_state(q, env.data.qvel.copy())
+    start = env.box_pos.copy()
+    arm_target = np.array([0.0, 1.5, 0.1]) if arm == "lowered" else np.zeros(3)
+    for t in range(80):
+        arm_action = np.clip(2.0 * (arm_target - env.data.qpos[env._arm_q]), -1, 1)
+        env.step(np.array([0.0 if t < 25 else 0.5, 0.0, 0.0, *arm_action]))
+    assert env.box_pos[2] == pytest.approx(start[2])  # it slides, never tips
+    moved = np.linalg.norm(env.box_pos[:2] - start[:2])
+    assert np.linalg.norm(env.base_xy) > 1.0  # the base drove past the box's start
+    assert (moved > 0.3) if moves else (moved < 1e-6)
+
+
 @pytest.mark.parametrize("name", TASKS)
 def test_tasks_are_out_of_reach_from_the_start(name: str) -> None:
     """Every task needs the base to move: the target starts beyond the arm's ~0.75 m reach."""

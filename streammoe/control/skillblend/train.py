@@ -12,6 +12,7 @@ video and, for blenders, plot the per-joint blend weights over an episode.
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,14 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecEnv
 
 from envs.skillblend import ENV_IDS, PROPRIO_DIM, SKILL_ENVS, TASK_ENVS
+from streammoe.control.skillblend.checkpoint import (
+    CHECKPOINT_DIR,
+    CheckpointCallback,
+    find_checkpoint_dir,
+    latest_checkpoint,
+    learn_resumable,
+    load_checkpoint,
+)
 from streammoe.control.skillblend.evaluate import (
     evaluate,
     plot_blend_weights,
@@ -98,19 +107,25 @@ def model_policy_fn(model: PPO):
 
 # ---------------------------------------------------------------------- primitive skills
 def train_skill(name: str, sk: DictConfig, out_dir: Path, seed: int, device: str,
-                recorder: RunRecorder | None = None) -> tuple[MLPSkill, dict[str, Any]]:
-    """Train one skill with PPO, save ``<name>.pt`` (frozen actor) and ``<name>_ppo.zip``."""
+                recorder: RunRecorder | None = None, checkpoint_dir: Path | None = None,
+                resume_dir: Path | None = None) -> tuple[MLPSkill, dict[str, Any]]:
+    """Train one skill with PPO, save ``<name>.pt`` (frozen actor) and ``<name>_ppo.zip``.
+    With ``checkpoint_dir``, PPO checkpoints go there every ``sk.checkpoint_every`` rollouts; with
+    ``resume_dir``, training continues from the latest ``skill_<name>`` checkpoint found there."""
     if name not in SKILL_ENVS:
         raise ValueError(f"unknown skill {name!r}; available: {sorted(SKILL_ENVS)}")
     env_cls, env_id = SKILL_ENVS[name], ENV_IDS[name]
-    vec = make_vec(env_id, sk.n_envs, seed, sk.get("episode_steps"))
-    model = PPO("MlpPolicy", vec, seed=seed, device=device, verbose=0, **ppo_kwargs(sk.ppo))
-    steps = int(sk.timesteps[name])
-    callbacks = [RecorderCallback(recorder, f"skill_{name}")] if recorder else []
+    meta = {"phase": f"skill_{name}", "env_id": env_id, "n_envs": int(sk.n_envs), "seed": int(seed)}
+    model = _resume_or_build(resume_dir, meta, device, lambda: PPO(
+        "MlpPolicy", make_vec(env_id, sk.n_envs, seed, sk.get("episode_steps")), seed=seed, device=device,
+        verbose=0, **ppo_kwargs(sk.ppo)))
+    callbacks: list[BaseCallback] = [RecorderCallback(recorder, f"skill_{name}")] if recorder else []
+    if checkpoint_dir is not None:
+        callbacks.append(CheckpointCallback(checkpoint_dir, meta, int(sk.get("checkpoint_every", 0))))
     start = time.perf_counter()
-    model.learn(total_timesteps=steps, callback=callbacks, progress_bar=False)
+    learn_resumable(model, int(sk.timesteps[name]), callbacks)
     seconds = time.perf_counter() - start
-    vec.close()
+    model.get_env().close()
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save(out_dir / f"{name}_ppo.zip")
     skill = skill_from_sb3(model, name, env_cls.goal_low, env_cls.goal_high)
@@ -124,8 +139,10 @@ def train_skill(name: str, sk: DictConfig, out_dir: Path, seed: int, device: str
 
 
 def ensure_skills(sk: DictConfig, skills_dir: str | None, run_dir: Path, seed: int, device: str,
-                  recorder: RunRecorder | None = None) -> tuple[list[MLPSkill], Path]:
-    """Load the skills from ``skills_dir``; train the missing ones first (saying so)."""
+                  recorder: RunRecorder | None = None, resume_dir: Path | None = None
+                  ) -> tuple[list[MLPSkill], Path]:
+    """Load the skills from ``skills_dir``; train the missing ones first (saying so), with
+    checkpoints in ``<run dir>/checkpoints`` and resuming from ``resume_dir`` if given."""
     names = list(sk.names)
     target = Path(skills_dir) if skills_dir else run_dir / "skills"
     paths = {n: target / f"{n}.pt" for n in names}
@@ -136,7 +153,7 @@ def ensure_skills(sk: DictConfig, skills_dir: str | None, run_dir: Path, seed: i
               f"with the skillblend_skills settings into {target}. Next time pass "
               f"skillblend.skills_dir={target} to reuse them.", flush=True)
         for name in missing:
-            train_skill(name, sk, target, seed, device, recorder)
+            train_skill(name, sk, target, seed, device, recorder, run_dir / CHECKPOINT_DIR, resume_dir)
     return [load_skill(paths[n]) for n in names], target
 
 
@@ -147,8 +164,10 @@ def train_skills(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     rec = RunRecorder(run_dir)
     skills_dir = run_dir / "skills"
     metrics: dict[str, Any] = {"skills_dir": str(skills_dir)}
+    resume_dir = find_checkpoint_dir(sk.get("resume"), run_dir)
+    _keep_earlier_curve(run_dir, resume_dir)
     for name in sk.names:
-        skill, m = train_skill(name, sk, skills_dir, cfg.seed, device, rec)
+        skill, m = train_skill(name, sk, skills_dir, cfg.seed, device, rec, run_dir / CHECKPOINT_DIR, resume_dir)
         metrics.update({f"{name}_{k}": v for k, v in m.items()})
         if sk.video_episodes:
             _, n_frames = record_rollout(skill_policy_fn(skill), ENV_IDS[name], run_dir / f"{name}.mp4",
@@ -172,6 +191,26 @@ def make_model(method: str, vec: VecEnv, skills: list[MLPSkill], c: DictConfig, 
     return PPO(SkillBlendPolicy, vec, seed=seed, device=device, verbose=0, **kw)
 
 
+def _keep_earlier_curve(run_dir: Path, resume: Any) -> None:
+    """A run resumed in its own directory would rewrite metrics.csv: keep the earlier rows."""
+    csv_path = run_dir / "metrics.csv"
+    if resume is not None and csv_path.is_file():
+        n = len(list(run_dir.glob("metrics_before_resume*.csv")))
+        shutil.copy2(csv_path, run_dir / f"metrics_before_resume{n or ''}.csv")
+
+
+def _resume_or_build(resume_dir: Path | None, meta: dict[str, Any], device: str, build: Any) -> PPO:
+    """The model of the latest checkpoint of ``meta["phase"]`` in ``resume_dir``, else ``build()``."""
+    ckpt = latest_checkpoint(resume_dir, meta["phase"])
+    if ckpt is None:
+        if resume_dir is not None:
+            print(f"[skillblend] no {meta['phase']} checkpoint in {resume_dir}: starting from scratch", flush=True)
+        return build()
+    model = load_checkpoint(ckpt, device, expect=meta)
+    print(f"[skillblend] resuming {meta['phase']} from {ckpt} ({model.num_timesteps} env steps done)", flush=True)
+    return model
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Entry of ``experiment=skillblend``: train and evaluate one policy on one task."""
     c = cfg.skillblend
@@ -179,17 +218,22 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         raise ValueError(f"unknown task {c.task!r}; available: {sorted(TASK_ENVS)}")
     device = str(resolve_device(cfg.device))
     rec = RunRecorder(run_dir)
+    resume_dir = find_checkpoint_dir(c.get("resume"), run_dir)
+    skills_resume = find_checkpoint_dir(c.skills.get("resume"), run_dir) or resume_dir
+    _keep_earlier_curve(run_dir, skills_resume)
     skills: list[MLPSkill] = []
     if c.method != "flat":
-        skills, skills_dir = ensure_skills(c.skills, c.skills_dir, run_dir, cfg.seed, device, rec)
+        skills, skills_dir = ensure_skills(c.skills, c.skills_dir, run_dir, cfg.seed, device, rec, skills_resume)
     env_id = ENV_IDS[c.task]
-    vec = make_vec(env_id, c.n_envs, cfg.seed, c.get("episode_steps"))
-    model = make_model(c.method, vec, skills, c, cfg.seed, device)
+    meta = {"phase": f"task_{c.task}_{c.method}", "env_id": env_id, "n_envs": int(c.n_envs), "seed": int(cfg.seed)}
+    model = _resume_or_build(resume_dir, meta, device, lambda: make_model(
+        c.method, make_vec(env_id, c.n_envs, cfg.seed, c.get("episode_steps")), skills, c, cfg.seed, device))
+    callbacks = [RecorderCallback(rec, c.method),
+                 CheckpointCallback(run_dir / CHECKPOINT_DIR, meta, int(c.get("checkpoint_every", 0)))]
     start = time.perf_counter()
-    model.learn(total_timesteps=int(c.timesteps), callback=RecorderCallback(rec, c.method),
-                progress_bar=False)
+    learn_resumable(model, int(c.timesteps), callbacks)
     seconds = time.perf_counter() - start
-    vec.close()
+    model.get_env().close()
     model.save(run_dir / "model.zip")
 
     eval_kw = env_kwargs(c.get("episode_steps"))
