@@ -10,6 +10,13 @@ alike) and reported as ms/step and as a ratio to AD.
     python scripts/bench_t2mir.py --experiment t2mir_cheetahvel --seeds 0 1 2
     python scripts/bench_t2mir.py --experiment t2mir_smoke --seeds 0 --out /tmp/b  # seconds
     python scripts/bench_t2mir.py --experiment t2mir_cheetahvel_full --timing-only --device cuda
+    python scripts/bench_t2mir.py --experiment t2mir_pointrobot --probe outputs/bench_t2mir/t2mir_pointrobot/seed_0
+
+``--probe RUN_DIR`` diagnoses goal inference: every checkpoint in ``RUN_DIR/checkpoints`` plays one
+episode on the held-out tasks after a context of one episode taken from a fresh learning history
+of that task (no context; the history's first, exploratory episode; its middle; its last, expert
+episode). If the model plays well after an expert episode but not after the exploratory one, what
+it lacks is inferring the task from exploration, not generalising to new tasks.
 
 Prints a table and writes ``bench.json``, ``bench.md`` and ``returns.png`` into ``--out``
 (default ``outputs/bench_t2mir/<experiment>``). Re-running with the same ``--out`` resumes the
@@ -30,14 +37,21 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from streammoe.cli import CONF_DIR
-from streammoe.control.t2mir.data import ContextSampler, History, ensure_dataset
+from streammoe.control.t2mir.data import (
+    ContextSampler,
+    History,
+    collect_expert_anneal,
+    collect_sb3,
+    ensure_dataset,
+)
 from streammoe.control.t2mir.experiment import (
     build_configs,
     collector_spec,
     family_from_config,
     run_t2mir,
 )
-from streammoe.control.t2mir.train import Trainer
+from streammoe.control.t2mir.model import ICRLTransformer
+from streammoe.control.t2mir.train import Trainer, load_checkpoint
 from streammoe.devices import resolve_device, seed_everything
 from streammoe.runs import format_table, pyplot, save_figure, to_jsonable
 
@@ -81,6 +95,65 @@ def step_times(c: Any, device: torch.device, rounds: int, warmup: int = 3,
     return {v: float(np.median(t)) for v, t in times.items()}
 
 
+@torch.no_grad()
+def play_after_context(model: ICRLTransformer, fam: Any, tasks: np.ndarray, context: History | None,
+                       sample: bool, seed: int) -> np.ndarray:
+    """Return of one episode per task played after ``context`` (one episode per task, stacked
+    along the first axis of its arrays) is put in the KV cache."""
+    n, horizon = len(tasks), fam.horizon
+    gen = torch.Generator().manual_seed(seed)
+    cache = model.new_cache()
+    if context is not None:
+        t = torch.as_tensor(np.arange(horizon))[None].repeat(n, 1)
+        model.run_tokens(model.embed_steps(torch.as_tensor(context.observations), torch.as_tensor(context.actions),
+                                           torch.as_tensor(context.rewards), t), cache)
+    envs = [fam.make_env(task) for task in tasks]
+    obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]).astype(np.float32)
+    pending = model.embed_state(torch.as_tensor(obs)[:, None], torch.zeros((n, 1), dtype=torch.long))
+    returns = np.zeros(n)
+    for step in range(horizon):
+        hidden, _ = model.run_tokens(pending, cache)
+        mean, log_std = model.action_dist(hidden[:, -1])
+        act = mean + log_std.exp() * torch.randn(mean.shape, generator=gen) if sample else mean
+        act_np = act.clamp(-1.0, 1.0).numpy().astype(np.float32)
+        steps = [env.step(a) for env, a in zip(envs, act_np)]
+        rew = np.array([s[1] for s in steps], np.float32)
+        returns += rew
+        obs = np.stack([s[0] for s in steps]).astype(np.float32)
+        if step + 1 < horizon:
+            ti = torch.full((n, 1), step)
+            pending = torch.cat([model.embed_action(torch.as_tensor(act_np)[:, None], ti),
+                                 model.embed_reward(torch.as_tensor(rew)[:, None], ti),
+                                 model.embed_state(torch.as_tensor(obs)[:, None], ti + 1)], dim=1)
+    for env in envs:
+        env.close()
+    return returns
+
+
+def probe(c: Any, run_dir: Path, repeats: int = 4) -> list[dict[str, Any]]:
+    """Held-out return after no context / the first / middle / last episode of a fresh history."""
+    fam = family_from_config(c)
+    spec = collector_spec(c)
+    collect = {"expert_anneal": collect_expert_anneal, "sb3": collect_sb3}[spec["name"]]
+    kwargs = {k: v for k, v in spec.items() if k != "name"}
+    hists = [collect(fam, task, c.n_episodes, 999 + i, **kwargs) for i, task in enumerate(fam.test_tasks)]
+    picks = {"none": None, "first (exploration)": 0, "middle": c.n_episodes // 2, "last": c.n_episodes - 1}
+    rows = []
+    for ck in sorted((run_dir / "checkpoints").glob("*.pt")):
+        model, _ = load_checkpoint(ck)
+        for label, ep in picks.items():
+            ctx = None if ep is None else History(*(np.stack([getattr(h, f)[ep:ep + 1].reshape(
+                -1, *getattr(h, f).shape[2:]) for h in hists]) for f in ("observations", "actions", "rewards")),
+                np.zeros(0))
+            row: dict[str, Any] = {"variant": ck.stem, "context episode": label,
+                                   "context return": None if ep is None else float(np.mean([h.returns[ep] for h in hists]))}
+            for sample in (True, False):
+                played = [play_after_context(model, fam, fam.test_tasks, ctx, sample, seed=r) for r in range(repeats)]
+                row["sampled" if sample else "mean action"] = float(np.mean(played))
+            rows.append(row)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--experiment", default="t2mir_pointrobot")
@@ -92,6 +165,8 @@ def main() -> None:
     ap.add_argument("--timing-only", action="store_true",
                     help="only the side-by-side step timing, on synthetic data of the right shapes "
                          "(e.g. the full Cheetah-Vel config on a GPU vs the CPU)")
+    ap.add_argument("--probe", type=Path, default=None, metavar="RUN_DIR",
+                    help="diagnose goal inference of the checkpoints in RUN_DIR/checkpoints (see above)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. t2mir.train.steps=500")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -101,6 +176,13 @@ def main() -> None:
         cfg = compose(config_name="config", overrides=[f"experiment={args.experiment}", *args.overrides])
     c = cfg.t2mir
     device = resolve_device(args.device)
+
+    if args.probe is not None:
+        rows = probe(c, args.probe)
+        print(format_table(rows, title=f"T2MIR probe: {args.probe}, one episode on {c.n_test_tasks} held-out "
+                                       "tasks after a one-episode context (mean of 4 repeats)"))
+        (out / "probe.json").write_text(json.dumps({"run_dir": str(args.probe), "rows": rows}, indent=2) + "\n")
+        return
 
     if args.timing_only:
         timing = step_times(c, device, args.timing_rounds, synthetic=True)

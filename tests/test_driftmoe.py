@@ -123,6 +123,51 @@ def test_invalid_parameters_are_rejected() -> None:
         DriftMoEClassifier(n_experts=2, top_k=3)
     with pytest.raises(ValueError, match="dropout"):
         DriftMoEClassifier(dropout=1.0)
+    with pytest.raises(ValueError, match="delta"):
+        DriftMoEClassifier(delta=0.0)
+    with pytest.raises(ValueError, match="memory_budget_mb"):
+        DriftMoEClassifier(memory_budget_mb=-1.0)
+    with pytest.raises(ValueError, match="memory_estimate_period"):
+        DriftMoEClassifier(memory_estimate_period=0)
+
+
+def test_tree_settings_follow_faithful_unless_given() -> None:
+    paper = DriftMoEClassifier(n_experts=4, top_k=2, faithful=True).experts[0]
+    improved = DriftMoEClassifier(n_experts=4, top_k=2).experts[0]
+    assert (paper.delta, paper.max_size, paper.memory_estimate_period) == (1e-7, 100.0, 1_000_000)
+    assert (improved.delta, improved.max_size, improved.memory_estimate_period) == (0.01, 4.0, 10_000)
+    given = DriftMoEClassifier(n_experts=4, top_k=2, faithful=True, delta=0.001,
+                               memory_budget_mb=8.0, memory_estimate_period=500).experts[0]
+    assert (given.delta, given.max_size, given.memory_estimate_period) == (0.001, 2.0, 500)
+
+
+def test_task_mode_shares_the_memory_budget_as_classes_appear() -> None:
+    model = DriftMoEClassifier(mode="task", hidden_sizes=(8,), memory_budget_mb=6.0, seed=0)
+    for y in ("a", "b", "c"):
+        model.learn_one({"x": 1.0}, y)
+        assert [e.max_size for e in model.experts] == [6.0 / len(model.classes)] * len(model.classes)
+
+
+def test_memory_budget_stops_the_trees_growing() -> None:
+    # A small budget checked often: the trees grow, then deactivate leaves and the model's size
+    # levels off, while the same model without a budget keeps splitting and growing.
+    stream = list(make_stream("RBFm", scale=0.006, seed=1))  # 6000 rows
+    kw = dict(n_experts=2, top_k=2, hidden_sizes=(8,), batch_size=64, memory_estimate_period=200,
+              seed=0)
+    capped = DriftMoEClassifier(**kw, memory_budget_mb=0.2)
+    free = DriftMoEClassifier(**kw, memory_budget_mb=1000.0)
+    capped_sizes, free_sizes = [], []
+    for i, (x, y) in enumerate(stream, start=1):
+        capped.learn_one(x, y)
+        free.learn_one(x, y)
+        if i % 2000 == 0:
+            capped_sizes.append(capped._raw_memory_usage)
+            free_sizes.append(free._raw_memory_usage)
+    assert all(e.n_nodes > 1 for e in capped.experts)  # it did learn splits
+    assert sum(e._n_inactive_leaves for e in capped.experts) > 0
+    assert sum(e._n_inactive_leaves for e in free.experts) == 0
+    assert capped_sizes[-1] < 1.1 * capped_sizes[0]  # flat after the first 2000 rows
+    assert free_sizes[-1] > 1.5 * free_sizes[0]  # the uncapped model kept growing
 
 
 @pytest.mark.parametrize("mode", ["data", "task"])
@@ -235,3 +280,23 @@ def test_drift_detector_ignores_a_fall_in_error() -> None:
         model.learn_one({"a": a, "b": b}, y)
     assert model.n_drifts >= 1
     assert model.n_resets == 0
+
+
+def test_task_mode_drift_reset_restarts_every_tree_on_a_rise_in_error() -> None:
+    def run(drift_reset: bool) -> DriftMoEClassifier:
+        model = DriftMoEClassifier(mode="task", hidden_sizes=(16,), batch_size=4, grace_period=20,
+                                   drift_reset=drift_reset, seed=0)
+        rng = np.random.default_rng(0)
+        for t in range(3000):
+            a, b = rng.uniform(-1, 1, 2)
+            y = (a > 0) if t < 1500 else (a <= 0)  # the concept flips at 1500
+            x = {"a": a, "b": b}
+            model.predict_proba_one(x)
+            model.learn_one(x, bool(y))
+        return model
+
+    reset, kept = run(True), run(False)
+    assert reset.n_resets >= 1 and kept.n_resets == 0
+    # The restarted trees learned only after the flip; the kept ones saw (nearly) every row.
+    assert all(e._train_weight_seen_by_model < 1500 for e in reset.experts)
+    assert all(e._train_weight_seen_by_model > 2900 for e in kept.experts)  # from its class's 1st row

@@ -183,6 +183,19 @@ def test_contrastive_losses_prefer_matching_tasks():
         info_nce_loss(q[:4], k[:4], ids[:4], key_ids=torch.tensor([4, 5, 6, 7]))
 
 
+def test_bilinear_contrastive_loss_is_the_symmetric_cross_entropy() -> None:
+    # One positive per row (distinct ids): exactly CURL's two cross-entropies on q W k^T, rows and
+    # columns, with nothing shifted (a per-row max shift would change the column-wise term).
+    g = torch.Generator().manual_seed(1)
+    q, k = (torch.randn(6, 5, generator=g) * 3 for _ in range(2))
+    W = torch.randn(5, 5, generator=g)
+    ids = torch.arange(6)
+    scores = q @ W @ k.T
+    expected = 0.5 * (torch.nn.functional.cross_entropy(scores, ids)
+                      + torch.nn.functional.cross_entropy(scores.T, ids))
+    torch.testing.assert_close(bilinear_contrastive_loss(q, k, W, ids), expected)
+
+
 # ---------------------------------------------------------------- stats
 def test_routing_stats_online_and_bounded():
     s = RoutingStats(3, window=10)

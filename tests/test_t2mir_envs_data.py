@@ -81,6 +81,31 @@ def test_expert_anneal_history_improves() -> None:
         collect_expert_anneal(task_family("cheetah_vel", 1, 1), np.array([1.0]), 2, 0)
 
 
+def test_correlated_exploration_travels_further_and_keeps_the_default() -> None:
+    fam = task_family("point_robot", 3, 1)
+    goal = fam.train_tasks[0]
+
+    def first_episode_reach(rho: float) -> float:  # mean distance from the origin at the end
+        return float(np.mean([np.linalg.norm(collect_expert_anneal(
+            fam, goal, 2, seed=s, anneal_fraction=0.5, noise_correlation=rho).observations[0, -1])
+            for s in range(20)]))
+
+    assert first_episode_reach(0.8) > 1.8 * first_episode_reach(0.0)
+    h = collect_expert_anneal(fam, goal, 4, seed=3, anneal_fraction=0.25, noise_correlation=0.8)
+    assert np.abs(h.actions).max() <= 1.0
+    again = collect_expert_anneal(fam, goal, 4, seed=3, anneal_fraction=0.25, noise_correlation=0.8)
+    np.testing.assert_array_equal(h.actions, again.actions)  # seeded
+    # noise_correlation=0 draws exactly what the collector drew before the option existed
+    # (so datasets collected earlier stay valid): the first episode is uniform random actions
+    base = collect_expert_anneal(fam, goal, 2, seed=0, anneal_fraction=0.5)
+    rng = np.random.default_rng(0)
+    rng.integers(2**31)  # the env-reset seed is drawn before the first action
+    expected = [(rng.random(), rng.uniform(-1.0, 1.0, 2))[1] for _ in range(20)]
+    np.testing.assert_allclose(base.actions[0], np.asarray(expected, np.float32))
+    with pytest.raises(ValueError, match="noise_correlation"):
+        collect_expert_anneal(fam, goal, 2, seed=0, noise_correlation=1.0)
+
+
 def test_sb3_learner_history_is_logged_in_order() -> None:
     fam = task_family("point_robot", 1, 1, horizon=10)
     h = collect_sb3(fam, fam.train_tasks[0], n_episodes=5, seed=0,

@@ -12,7 +12,8 @@ import torch
 
 from envs.task_families import task_family
 from streammoe.cli import run_experiment
-from streammoe.control.t2mir.data import ContextSampler, ensure_dataset
+from streammoe.control.t2mir import train as train_module
+from streammoe.control.t2mir.data import ContextSampler, History, ensure_dataset
 from streammoe.control.t2mir.evaluate import evaluate_in_context
 from streammoe.control.t2mir.model import ModelConfig
 from streammoe.control.t2mir.train import TrainConfig, Trainer, load_checkpoint, train_variant
@@ -30,13 +31,27 @@ def small(tmp_path_factory):
 
 
 @pytest.mark.parametrize("kind", ["bilinear", "info_nce"])
-def test_contrastive_loss_trains_the_task_router_and_ema_follows(small, kind) -> None:
+def test_contrastive_loss_trains_the_task_router_and_ema_follows(small, kind, monkeypatch) -> None:
     _, hist, mcfg, tcfg = small
     tcfg = TrainConfig(**{**vars(tcfg), "contrastive": kind, "balance_weight": 0.0, "ema_tau": 0.5})
     trainer = Trainer("t2mir", mcfg, tcfg, CPU, ContextSampler(hist, 2, 4, 0), seed=0)
     router = trainer.model.task_router
     key_before = trainer.key_router.w_gate.weight.clone()
+    # query and key are the gates' outputs (probabilities over the task experts), not raw logits,
+    # which made q W k^T grow without bound in long runs
+    seen = {}
+    loss_name = "bilinear_contrastive_loss" if kind == "bilinear" else "info_nce_loss"
+    original = getattr(train_module, loss_name)
+
+    def spy(query, key, *args, **kwargs):
+        seen["query"], seen["key"] = query.detach(), key.detach()
+        return original(query, key, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, loss_name, spy)
     out = trainer.train_step()
+    for name in ("query", "key"):
+        assert seen[name].shape == (4, mcfg.n_task_experts) and (seen[name] >= 0).all()
+        torch.testing.assert_close(seen[name].sum(-1), torch.ones(4))
     assert np.isfinite(out["contrastive"]) and out["contrastive"] > 0
     if kind == "bilinear":
         assert trainer.bilinear.grad is not None and trainer.bilinear.grad.abs().sum() > 0
@@ -83,6 +98,17 @@ def test_corrupt_or_foreign_checkpoint_is_a_clear_error(small, tmp_path) -> None
     other = ModelConfig(**{**mcfg.to_dict(), "d_model": 8})
     with pytest.raises(ValueError, match="model_config differs"):
         train_variant("ad", other, tcfg, hist, CPU, seed=0, ckpt_path=ck)
+    # another schedule or other learning histories: refused, not silently mixed into this run
+    longer = TrainConfig(**{**vars(tcfg), "steps": 12, "ckpt_every": 5})
+    with pytest.raises(ValueError, match=r"train_config differs .*\['steps'\]"):
+        train_variant("ad", mcfg, longer, hist, CPU, seed=0, ckpt_path=ck)
+    other_data = [type(h)(h.observations, h.actions, h.rewards + 0.5, h.task) for h in hist]
+    with pytest.raises(ValueError, match="different learning histories"):
+        train_variant("ad", mcfg, tcfg, other_data, CPU, seed=0, ckpt_path=ck)
+    # log_every / ckpt_every may change on resume
+    resumed, info = train_variant("ad", mcfg, TrainConfig(**{**vars(tcfg), "ckpt_every": 1}), hist, CPU,
+                                  seed=0, ckpt_path=ck)
+    assert info["resumed_from"] == 2.0
 
 
 def test_evaluation_resumes_exactly(small, tmp_path) -> None:
@@ -122,3 +148,27 @@ def test_smoke_experiment_end_to_end_and_resume(make_config, tmp_path) -> None:
     again = run_experiment(cfg, run_dir)
     assert again["returns_per_episode"] == curves
     assert (run_dir / "metrics.csv").read_text() == rows_before
+
+
+def test_probe_episode_matches_in_context_evaluation(small, tmp_path) -> None:
+    """scripts/bench_t2mir.py --probe plays with the same cached decoding as the evaluation."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_t2mir.py"
+    spec = importlib.util.spec_from_file_location("bench_t2mir", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    fam, hist, mcfg, tcfg = small
+    model, _ = train_variant("t2mir", mcfg, tcfg, hist, CPU, seed=0)
+    for sample in (True, False):
+        probed = bench.play_after_context(model, fam, fam.test_tasks, None, sample, seed=4)
+        evaluated = evaluate_in_context(model, fam, fam.test_tasks, 1, 2, seed=4, sample=sample)
+        np.testing.assert_allclose(probed, evaluated.returns[:, 0], rtol=1e-5)
+    # with the evaluation's first episode as context, the probe replays its second episode
+    state = tmp_path / "eval.pt"
+    two = evaluate_in_context(model, fam, fam.test_tasks, 2, 2, seed=4, sample=False, state_path=state)
+    st = torch.load(state, weights_only=False)
+    first = History(st["obs"][:, 0], st["act"][:, 0], st["rew"][:, 0], np.zeros(0))
+    probed = bench.play_after_context(model, fam, fam.test_tasks, first, False, seed=4)
+    np.testing.assert_allclose(probed, two.returns[:, 1], rtol=1e-5)

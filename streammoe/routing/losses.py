@@ -117,7 +117,8 @@ def bilinear_contrastive_loss(
     """CURL-style bilinear contrastive loss: scores ``q W k^T``, symmetric cross-entropy with
     positives given by equal task ids (T2MIR's task-routing loss). ``weight`` is ``(dq, dk)``."""
     key_ids = query_ids if key_ids is None else key_ids
+    # No max-shift: logsumexp is already stable, and a per-row shift would change the
+    # column-wise (transposed) cross-entropy.
     scores = query @ weight @ key.T
-    scores = scores - scores.max(dim=-1, keepdim=True).values.detach()  # stability only
     pos = _positive_mask(query_ids, key_ids)
     return 0.5 * (_multi_positive_ce(scores, pos) + _multi_positive_ce(scores.T, pos.T))

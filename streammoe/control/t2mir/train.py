@@ -5,9 +5,9 @@ action from its state token (Gaussian NLL), add the token router's balance loss 
 contrastive task-routing loss, step AdamW (warm-up then cosine, gradient clipping), move the EMA
 key router towards the task router, log, checkpoint.
 
-The contrastive loss: the query is the task router's logits at the last position (its input is the
-mean hidden state over the whole window, which is causal there); the key is an EMA copy of the
-task router applied to the detached representation; ``bilinear`` scores ``q W k^T`` with a learned
+The contrastive loss: the query is the task gate's output (softmax over the task experts) at the
+last position (its input is the mean hidden state over the whole window, which is causal there);
+the key is the same from an EMA copy of the task router applied to the detached representation; ``bilinear`` scores ``q W k^T`` with a learned
 ``W`` (CURL / the paper) and ``info_nce`` uses cosine similarity with a temperature. Both views of a
 task (and the query's own key) are positives.
 """
@@ -69,6 +69,10 @@ class TrainConfig:
         return cfg
 
 
+# train-config keys that may change when resuming (they do not affect the trained model)
+_RESUMABLE_KEYS = ("log_every", "ckpt_every")
+
+
 def _lr_factor(step: int, warmup: int, total: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -124,6 +128,7 @@ class Trainer:
             "opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "step": self.step,
             "elapsed": self.elapsed,
             "sampler": None if self.sampler is None else self.sampler.state(),
+            "data_fingerprint": None if self.sampler is None else self.sampler.fingerprint,
             "torch_rng": torch.get_rng_state(),
             "router_generators": {k: g.get_state() for k, g in self.model.router_generators().items()},
         }
@@ -134,6 +139,17 @@ class Trainer:
         if ck["model_config"] != self.model.cfg.to_dict():
             raise ValueError("checkpoint model_config differs from the config of this run: "
                              f"{ck['model_config']} vs {self.model.cfg.to_dict()}")
+        # Resuming with another schedule or other data would silently mix two runs.
+        saved_tcfg = {k: v for k, v in ck["train_config"].items() if k not in _RESUMABLE_KEYS}
+        this_tcfg = {k: v for k, v in vars(self.tcfg).items() if k not in _RESUMABLE_KEYS}
+        if saved_tcfg != this_tcfg:
+            diff = sorted(k for k in this_tcfg if saved_tcfg.get(k) != this_tcfg[k])
+            raise ValueError(f"checkpoint train_config differs from the config of this run in {diff}: "
+                             "use a fresh run folder")
+        saved_data = ck.get("data_fingerprint")
+        if self.sampler is not None and saved_data is not None and saved_data != self.sampler.fingerprint:
+            raise ValueError("checkpoint was trained on different learning histories than this run's "
+                             "dataset: use a fresh run folder")
         self.model.load_state_dict(ck["model"])
         if self.key_router is not None:
             self.key_router.load_state_dict(ck["key_router"])
@@ -178,9 +194,13 @@ class Trainer:
             out["balance"] = balance.item()
         if self.use_cl:
             assert f.task is not None and f.task_repr is not None and self.key_router is not None
-            query = f.task.logits[:, -1]
+            # Query and key are the gates' outputs (softmax over the task experts), as the paper
+            # says. Raw logits are unbounded: with them q W k^T grew without limit here (the
+            # loss went from 1 to >1,000 in 3,000 steps and its gradient, clipped together with
+            # the NLL's, starved the action loss).
+            query = torch.softmax(f.task.logits[:, -1], dim=-1)
             with torch.no_grad():
-                key = self.key_router(f.task_repr[:, -1].detach()).logits
+                key = torch.softmax(self.key_router(f.task_repr[:, -1].detach()).logits, dim=-1)
             if tcfg.contrastive == "bilinear":
                 cl = bilinear_contrastive_loss(query, key, self.bilinear, ids)
             else:
