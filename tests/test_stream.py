@@ -132,7 +132,7 @@ def test_default_experiment_config_selects_stream_and_model() -> None:
     cfg = compose_config(["experiment=driftmoe", "stream=LEDg", "model=driftmoe_task_faithful"])
     assert cfg.driftmoe.stream.name == "LEDg" and cfg.driftmoe.stream.scale == 0.1
     assert cfg.driftmoe.model.kind == "driftmoe_task_faithful"
-    assert list(cfg.driftmoe.baselines) == ["arf", "ht"]
+    assert list(cfg.driftmoe.baselines) == ["driftmoe_task", "arf", "ht"]
 
 
 def test_bench_script_writes_json_with_speed_ratios(tmp_path: Path, capsys) -> None:
