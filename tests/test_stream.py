@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import runpy
 from collections import Counter
@@ -13,7 +14,7 @@ from river import tree
 from streammoe.cli import run_experiment
 from streammoe.stream import DriftMoEClassifier
 from streammoe.stream.evaluation import kappa_stats, prequential
-from streammoe.stream.streams import STREAMS, SigmoidDrift, iter_file, make_stream
+from streammoe.stream.streams import STREAMS, SigmoidDrift, _concepts, iter_file, make_stream
 from tests.conftest import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +43,23 @@ def test_full_length_positions_match_the_paper() -> None:
     assert make_stream("SEAg").drifts == [225_000, 475_000, 725_000]
     assert make_stream("SEAg").drift_width == 50_000
     assert make_stream("RBFf").n_instances == 1_000_000
+
+
+def test_led_concepts_drift_the_attributes_moa_drifts() -> None:
+    # MOA's LEDGeneratorDrift (the paper's) swaps relevant segment i with irrelevant attribute
+    # 7 + i for i < d, so the concepts 1 -> 3 -> 5 -> 7 are nested. Check the mapping each River
+    # concept uses, for two stream seeds, and that the concepts' instance draws differ.
+    for seed in (1, 7):
+        concepts = _concepts(STREAMS["LEDa"], seed)
+        assert len({c.seed for c in concepts}) == 4
+        for concept, d in zip(concepts, (1, 3, 5, 7)):
+            next(iter(concept))  # River draws the drifting attributes when iteration starts
+            expected = list(range(24))
+            for i in range(d):
+                expected[i], expected[7 + i] = 7 + i, i
+            assert concept._attr_idx == expected, (seed, d)
+    first = [list(itertools.islice(c, 50)) for c in _concepts(STREAMS["LEDa"], 1)]
+    assert first[0] != first[1]
 
 
 def test_sea_concept_changes_at_the_abrupt_drift() -> None:

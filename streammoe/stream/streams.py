@@ -45,7 +45,7 @@ class StreamSpec:
 
 
 STREAMS: dict[str, StreamSpec] = {
-    "LEDa": StreamSpec("led", "abrupt", description="LED 24 attrs, 10% noise, drifting attrs 1->3->5->7, abrupt"),
+    "LEDa": StreamSpec("led", "abrupt", description="LED 24 attrs, 10% noise, drifting attrs 1->3->5->7 (MOA's, nested), abrupt"),
     "LEDg": StreamSpec("led", "gradual", description="LED as LEDa, gradual drifts (width 50k)"),
     "SEAa": StreamSpec("sea", "abrupt", description="SEA functions 0->1->3->0, 10% noise, abrupt"),
     "SEAg": StreamSpec("sea", "gradual", description="SEA as SEAa, gradual drifts (width 50k)"),
@@ -54,10 +54,30 @@ STREAMS: dict[str, StreamSpec] = {
 }
 
 
+def _moa_led_seeds(seed: int, n: int) -> list[int]:
+    """``n`` distinct seeds for ``synth.LEDDrift`` whose drifting attributes are MOA's.
+
+    MOA's ``LEDGeneratorDrift`` (which the paper used) always swaps relevant attribute i with
+    irrelevant attribute 7 + i (its random start and offset are fixed at 0), so the concepts
+    1 -> 3 -> 5 -> 7 are nested: each drift moves two more segments. River's ``LEDDrift`` draws
+    the start and offset from its seeded generator before the first instance; the seeds returned
+    here are the first ones, counting up from ``1000 * seed``, that draw 0 for both.
+    """
+    found: list[int] = []
+    candidate = 1000 * seed
+    while len(found) < n:
+        draws = random.Random(candidate)
+        if draws.randint(0, 6) == 0 and draws.randint(0, synth.LEDDrift._N_IRRELEVANT_ATTRIBUTES - 1) == 0:
+            found.append(candidate)
+        candidate += 1
+    return found
+
+
 def _concepts(spec: StreamSpec, seed: int) -> list[Any]:
     if spec.family == "led":
-        return [synth.LEDDrift(seed=seed + i, noise_percentage=0.11, irrelevant_features=True,
-                               n_drift_features=n) for i, n in enumerate((1, 3, 5, 7))]
+        seeds = _moa_led_seeds(seed, 4)
+        return [synth.LEDDrift(seed=s, noise_percentage=0.11, irrelevant_features=True,
+                               n_drift_features=n) for s, n in zip(seeds, (1, 3, 5, 7))]
     if spec.family == "sea":
         return [synth.SEA(variant=v, noise=0.1, seed=seed + i) for i, v in enumerate((0, 1, 3, 0))]
     return [synth.RandomRBFDrift(seed_model=seed, seed_sample=seed + 1, n_classes=2, n_features=10,
