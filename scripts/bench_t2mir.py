@@ -44,6 +44,7 @@ from streammoe.control.t2mir.data import (
     collect_sb3,
     ensure_dataset,
 )
+from streammoe.control.t2mir.evaluate import play_episode, prefill_context
 from streammoe.control.t2mir.experiment import (
     build_configs,
     collector_spec,
@@ -95,39 +96,20 @@ def step_times(c: Any, device: torch.device, rounds: int, warmup: int = 3,
     return {v: float(np.median(t)) for v, t in times.items()}
 
 
-@torch.no_grad()
 def play_after_context(model: ICRLTransformer, fam: Any, tasks: np.ndarray, context: History | None,
                        sample: bool, seed: int) -> np.ndarray:
     """Return of one episode per task played after ``context`` (one episode per task, stacked
     along the first axis of its arrays) is put in the KV cache."""
-    n, horizon = len(tasks), fam.horizon
-    gen = torch.Generator().manual_seed(seed)
+    model.eval()
     cache = model.new_cache()
     if context is not None:
-        t = torch.as_tensor(np.arange(horizon))[None].repeat(n, 1)
-        model.run_tokens(model.embed_steps(torch.as_tensor(context.observations), torch.as_tensor(context.actions),
-                                           torch.as_tensor(context.rewards), t), cache)
+        prefill_context(model, cache, context.observations, context.actions, context.rewards, fam.horizon)
     envs = [fam.make_env(task) for task in tasks]
-    obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]).astype(np.float32)
-    pending = model.embed_state(torch.as_tensor(obs)[:, None], torch.zeros((n, 1), dtype=torch.long))
-    returns = np.zeros(n)
-    for step in range(horizon):
-        hidden, _ = model.run_tokens(pending, cache)
-        mean, log_std = model.action_dist(hidden[:, -1])
-        act = mean + log_std.exp() * torch.randn(mean.shape, generator=gen) if sample else mean
-        act_np = act.clamp(-1.0, 1.0).numpy().astype(np.float32)
-        steps = [env.step(a) for env, a in zip(envs, act_np)]
-        rew = np.array([s[1] for s in steps], np.float32)
-        returns += rew
-        obs = np.stack([s[0] for s in steps]).astype(np.float32)
-        if step + 1 < horizon:
-            ti = torch.full((n, 1), step)
-            pending = torch.cat([model.embed_action(torch.as_tensor(act_np)[:, None], ti),
-                                 model.embed_reward(torch.as_tensor(rew)[:, None], ti),
-                                 model.embed_state(torch.as_tensor(obs)[:, None], ti + 1)], dim=1)
+    _, _, rew = play_episode(model, envs, cache, fam.horizon, torch.Generator().manual_seed(seed), sample,
+                             [seed + i for i in range(len(tasks))])
     for env in envs:
         env.close()
-    return returns
+    return rew.sum(1)
 
 
 def probe(c: Any, run_dir: Path, repeats: int = 4) -> list[dict[str, Any]]:
@@ -142,9 +124,9 @@ def probe(c: Any, run_dir: Path, repeats: int = 4) -> list[dict[str, Any]]:
     for ck in sorted((run_dir / "checkpoints").glob("*.pt")):
         model, _ = load_checkpoint(ck)
         for label, ep in picks.items():
-            ctx = None if ep is None else History(*(np.stack([getattr(h, f)[ep:ep + 1].reshape(
-                -1, *getattr(h, f).shape[2:]) for h in hists]) for f in ("observations", "actions", "rewards")),
-                np.zeros(0))
+            ctx = None if ep is None else History(
+                np.stack([h.observations[ep] for h in hists]), np.stack([h.actions[ep] for h in hists]),
+                np.stack([h.rewards[ep] for h in hists]), np.zeros(0))
             row: dict[str, Any] = {"variant": ck.stem, "context episode": label,
                                    "context return": None if ep is None else float(np.mean([h.returns[ep] for h in hists]))}
             for sample in (True, False):

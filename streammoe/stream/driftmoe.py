@@ -298,14 +298,13 @@ class DriftMoEClassifier(base.Classifier):
     @property
     def _tree_max_size(self) -> float:
         """One tree's share of the memory budget, in MB (River's ``max_size``)."""
-        if self.memory_budget_mb is None:
-            return 100.0 if self.faithful else 16.0 / max(self._n_out, 1)
-        return self.memory_budget_mb / max(self._n_out, 1)
+        if self.memory_budget_mb is None and self.faithful:
+            return 100.0  # River's default, per tree
+        budget = 16.0 if self.memory_budget_mb is None else self.memory_budget_mb
+        return budget / max(self._n_out, 1)
 
     def _new_tree(self) -> tree.HoeffdingTreeClassifier:
-        period = self.memory_estimate_period
-        if period is None:
-            period = 1_000_000 if self.faithful else 10_000
+        period = self.memory_estimate_period or (1_000_000 if self.faithful else 10_000)
         return tree.HoeffdingTreeClassifier(
             grace_period=self.grace_period, delta=self._tree_delta, tau=self.tau,
             split_criterion="info_gain", leaf_prediction=self.leaf_prediction, nb_threshold=0,
@@ -614,6 +613,16 @@ class DriftMoEClassifier(base.Classifier):
         for i in top:
             self._experts[int(i)].learn_one(x, y)
 
+    def _error_rose(self, error: float) -> bool:
+        """Feed the ensemble's 0/1 error to ADWIN; True when it flags a change *upwards* (ADWIN
+        flags changes both ways, counted in ``n_drifts``; only a rise means the experts went stale)."""
+        before = self._adwin.estimation
+        self._adwin.update(error)
+        if not self._adwin.drift_detected:
+            return False
+        self._n_drifts += 1
+        return self._adwin.estimation > before
+
     def _track_drift(self, y: Any, logits: np.ndarray, top: np.ndarray, probas: list[dict],
                      correct: np.ndarray) -> None:
         """ADWIN on the ensemble's 0/1 error; on a detected change, reset the worst recent expert."""
@@ -623,13 +632,7 @@ class DriftMoEClassifier(base.Classifier):
         weights = _sigmoid(logits[top])
         vote = self._mixture([probas[int(i)] for i in top], weights)
         error = float(max(vote, key=vote.get) != y) if vote else 1.0
-        before = self._adwin.estimation
-        self._adwin.update(error)
-        if not self._adwin.drift_detected:
-            return
-        self._n_drifts += 1
-        # ADWIN flags changes both ways; only a rise in error means the experts went stale.
-        if self._adwin.estimation > before:
+        if self._error_rose(error):
             worst = int(np.argmin(self._expert_acc))
             self._experts[worst] = self._new_tree()
             self._expert_acc[worst] = 0.5
@@ -640,13 +643,9 @@ class DriftMoEClassifier(base.Classifier):
             # ADWIN on the 0/1 error; on a rise every one-vs-rest tree restarts (the router,
             # which adapts by itself, carries the prediction while they regrow).
             error = float(self._classes[int(np.argmax(self._task_scores(x, logits)))] != y)
-            before = self._adwin.estimation
-            self._adwin.update(error)
-            if self._adwin.drift_detected:
-                self._n_drifts += 1
-                if self._adwin.estimation > before:
-                    self._experts = [self._new_tree() for _ in self._experts]
-                    self._n_resets += 1
+            if self._error_rose(error):
+                self._experts = [self._new_tree() for _ in self._experts]
+                self._n_resets += 1
         target = np.zeros(len(self._classes))
         target[self._class_index[y]] = 1.0
         self._push(v, target)

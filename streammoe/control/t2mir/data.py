@@ -27,6 +27,7 @@ import shutil
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -112,16 +113,12 @@ def collect_expert_anneal(family: TaskFamily, task: np.ndarray, n_episodes: int,
         # uncorrelated default reproduces earlier datasets exactly)
         z = rng.standard_normal(2) if rho > 0.0 else np.zeros(2)
 
-        def random_action() -> np.ndarray:
-            nonlocal z
-            if rho == 0.0:
-                return rng.uniform(-1.0, 1.0, 2)
-            z = rho * z + np.sqrt(1.0 - rho**2) * rng.standard_normal(2)
-            return np.clip(explore_std * z, -1.0, 1.0)
-
-        def policy(obs: np.ndarray, eps: float = eps) -> np.ndarray:
+        def policy(obs: np.ndarray, eps: float = eps, z: np.ndarray = z) -> np.ndarray:
             if rng.random() < eps:
-                return random_action()
+                if rho == 0.0:
+                    return rng.uniform(-1.0, 1.0, 2)
+                z[:] = rho * z + np.sqrt(1.0 - rho**2) * rng.standard_normal(2)  # the episode's AR(1) state
+                return np.clip(explore_std * z, -1.0, 1.0)
             a = point_robot_expert(obs, task) + action_noise * rng.standard_normal(2)
             return np.clip(a, -1.0, 1.0)
 
@@ -308,9 +305,10 @@ class ContextSampler:
         self.rng = np.random.default_rng(seed)
         self.horizon = self.rew.shape[2]
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
-        """SHA-256 prefix of the (ordered) histories: identifies the training data in a checkpoint."""
+        """SHA-256 prefix of the (ordered) histories: identifies the training data in a checkpoint
+        (computed once: the arrays never change, and every checkpoint stores it)."""
         h = hashlib.sha256()
         for arr in (self.obs, self.act, self.rew):
             h.update(np.ascontiguousarray(arr).tobytes())

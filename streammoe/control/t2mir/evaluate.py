@@ -12,6 +12,7 @@ path continues where it stopped and gives the same returns as an uninterrupted e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from streammoe.control.t2mir.model import ICRLTransformer, KVCache
 from streammoe.runs import progress
 from streammoe.video import write_mp4
 
-__all__ = ["EvalResult", "evaluate_in_context"]
+__all__ = ["EvalResult", "evaluate_in_context", "play_episode", "prefill_context"]
 
 
 @dataclass
@@ -42,6 +43,65 @@ def _count(counts: np.ndarray | None, routed: Any, ep: int) -> None:
         counts[b, ep] += np.bincount(idx[b], minlength=counts.shape[-1])
 
 
+
+def prefill_context(model: ICRLTransformer, cache: KVCache, obs: np.ndarray, act: np.ndarray,
+                    rew: np.ndarray, horizon: int) -> None:
+    """Put whole finished episodes into ``cache`` in one pass: ``obs (n, S, obs_dim)``,
+    ``act (n, S, act_dim)``, ``rew (n, S)`` with ``S`` a multiple of ``horizon``."""
+    device = next(model.parameters()).device
+    n, s = rew.shape
+    t_idx = np.tile(np.arange(horizon), s // horizon)[None].repeat(n, 0)
+    model.run_tokens(model.embed_steps(*(torch.as_tensor(np.asarray(a), device=device)
+                                         for a in (obs, act, rew, t_idx))), cache)
+
+
+@torch.no_grad()
+def play_episode(model: ICRLTransformer, envs: list[Any], cache: KVCache, horizon: int,
+                 gen: torch.Generator, sample: bool, reset_seeds: list[int | None],
+                 on_forward: Callable[[Any], None] | None = None,
+                 frames: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One episode on every env side by side, after whatever ``cache`` holds (the context); every
+    step costs one cached pass over its new tokens ``(a_{t-1}, r_{t-1}, s_t)``.
+
+    Returns ``obs (n, horizon, obs_dim)`` (the state before each action), ``act (n, horizon,
+    act_dim)``, ``rew (n, horizon)``. ``on_forward`` sees each pass's routing features;
+    ``frames`` collects ``envs[0]``'s renders (reset frame, then one per step)."""
+    device = next(model.parameters()).device
+    n = len(envs)
+
+    def tt(x: Any) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(x), device=device)
+
+    obs_hist = np.zeros((n, horizon, model.cfg.obs_dim), np.float32)
+    act_hist = np.zeros((n, horizon, model.cfg.act_dim), np.float32)
+    rew_hist = np.zeros((n, horizon), np.float32)
+    obs = np.stack([env.reset(seed=sd)[0] for env, sd in zip(envs, reset_seeds)]).astype(np.float32)
+    pending = model.embed_state(tt(obs)[:, None], tt(np.zeros((n, 1), np.int64)))
+    if frames is not None:
+        frames.append(envs[0].render())
+    for t in range(horizon):
+        hidden, f = model.run_tokens(pending, cache)
+        if on_forward is not None:
+            on_forward(f)
+        mean, log_std = model.action_dist(hidden[:, -1])
+        act = mean
+        if sample:
+            act = mean + log_std.exp() * torch.randn(mean.shape, generator=gen).to(device)
+        act_np = act.clamp(-1.0, 1.0).cpu().numpy().astype(np.float32)
+        steps = [env.step(a) for env, a in zip(envs, act_np)]
+        rew = np.array([s[1] for s in steps], np.float32)
+        obs_hist[:, t], act_hist[:, t], rew_hist[:, t] = obs, act_np, rew
+        obs = np.stack([s[0] for s in steps]).astype(np.float32)
+        if frames is not None:
+            frames.append(envs[0].render())
+        if t + 1 < horizon:
+            ti = tt(np.full((n, 1), t, np.int64))
+            pending = torch.cat([model.embed_action(tt(act_np)[:, None], ti),
+                                 model.embed_reward(tt(rew)[:, None], ti),
+                                 model.embed_state(tt(obs)[:, None], ti + 1)], dim=1)
+    return obs_hist, act_hist, rew_hist
+
+
 @torch.no_grad()
 def evaluate_in_context(model: ICRLTransformer, family: TaskFamily, tasks: np.ndarray,
                         n_episodes: int, context_episodes: int, seed: int, sample: bool = True,
@@ -53,7 +113,6 @@ def evaluate_in_context(model: ICRLTransformer, family: TaskFamily, tasks: np.nd
     if context_episodes < 1:
         raise ValueError(f"context_episodes must be >= 1, got {context_episodes}")
     model.eval()
-    device = next(model.parameters()).device
     n, horizon = len(tasks), family.horizon
     if horizon > model.cfg.horizon:
         raise ValueError(f"episodes last {horizon} steps but the model knows {model.cfg.horizon} timesteps")
@@ -82,8 +141,9 @@ def evaluate_in_context(model: ICRLTransformer, family: TaskFamily, tasks: np.nd
         for env, rng_state in zip(envs, st["env_rng"]):
             env.unwrapped.np_random.bit_generator.state = rng_state
 
-    def tt(x: Any) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(x), device=device)
+    def count(f: Any) -> None:
+        _count(task_counts, f.task, ep)
+        _count(token_counts, f.token, ep)
 
     end = n_episodes if stop_after is None else min(n_episodes, stop_after)
     for ep in progress(range(start, end), desc="in-context eval"):
@@ -91,35 +151,13 @@ def evaluate_in_context(model: ICRLTransformer, family: TaskFamily, tasks: np.nd
         lo = max(0, ep - (context_episodes - 1))
         if ep > lo:  # rebuild the cache from the previous episodes kept as context
             s = (ep - lo) * horizon
-            t_idx = np.tile(np.arange(horizon), ep - lo)[None].repeat(n, 0)
-            model.run_tokens(model.embed_steps(
-                tt(hist_obs[:, lo:ep].reshape(n, s, obs_dim)), tt(hist_act[:, lo:ep].reshape(n, s, act_dim)),
-                tt(hist_rew[:, lo:ep].reshape(n, s)), tt(t_idx)), cache)
+            prefill_context(model, cache, hist_obs[:, lo:ep].reshape(n, s, obs_dim),
+                            hist_act[:, lo:ep].reshape(n, s, act_dim), hist_rew[:, lo:ep].reshape(n, s),
+                            horizon)
         seeds = [seed + i if ep == 0 else None for i in range(n)]
-        obs = np.stack([env.reset(seed=sd)[0] for env, sd in zip(envs, seeds)]).astype(np.float32)
-        pending = model.embed_state(tt(obs)[:, None], tt(np.zeros((n, 1), np.int64)))
-        if video_path is not None:
-            frames.append(envs[0].render())
-        for t in range(horizon):
-            hidden, f = model.run_tokens(pending, cache)
-            _count(task_counts, f.task, ep)
-            _count(token_counts, f.token, ep)
-            mean, log_std = model.action_dist(hidden[:, -1])
-            act = mean
-            if sample:
-                act = mean + log_std.exp() * torch.randn(mean.shape, generator=gen).to(device)
-            act_np = act.clamp(-1.0, 1.0).cpu().numpy().astype(np.float32)
-            steps = [env.step(a) for env, a in zip(envs, act_np)]
-            rew = np.array([s[1] for s in steps], np.float32)
-            hist_obs[:, ep, t], hist_act[:, ep, t], hist_rew[:, ep, t] = obs, act_np, rew
-            obs = np.stack([s[0] for s in steps]).astype(np.float32)
-            if video_path is not None:
-                frames.append(envs[0].render())
-            if t + 1 < horizon:
-                ti = tt(np.full((n, 1), t, np.int64))
-                pending = torch.cat([model.embed_action(tt(act_np)[:, None], ti),
-                                     model.embed_reward(tt(rew)[:, None], ti),
-                                     model.embed_state(tt(obs)[:, None], ti + 1)], dim=1)
+        hist_obs[:, ep], hist_act[:, ep], hist_rew[:, ep] = play_episode(
+            model, envs, cache, horizon, gen, sample, seeds, on_forward=count,
+            frames=frames if video_path is not None else None)
         returns[:, ep] = hist_rew[:, ep].sum(1)
         if state_path is not None:
             state_path.parent.mkdir(parents=True, exist_ok=True)
