@@ -306,3 +306,21 @@ def test_reach_error_by_height_reports_every_target() -> None:
     assert [r["target_height"] for r in rows] == [0.2, 0.6]
     # the hand barely moves in 3 steps, so the error is about |hand - target|
     assert all(r["final_error"] > 0.1 and np.isfinite(r["hand_height"]) for r in rows)
+
+
+SHIPPED_SKILLS = Path(__file__).resolve().parents[1] / "results" / "skillblend" / "skills"
+
+
+@pytest.mark.parametrize("name", ["walk", "reach"])
+def test_shipped_skills_still_solve_their_env(name: str) -> None:
+    """The skills behind docs/skillblender.md's results ship in results/skillblend/skills. If the
+    body, the observation layout or the skill envs change, they stop working: retrain them
+    (experiment=skillblend_skills) and re-run the bench."""
+    from streammoe.control.skillblend.evaluate import evaluate
+    from streammoe.control.skillblend.skills import load_skill
+    from streammoe.control.skillblend.train import skill_policy_fn
+
+    skill = load_skill(SHIPPED_SKILLS / f"{name}.pt")
+    metrics = evaluate(skill_policy_fn(skill), ENV_IDS[name], n_episodes=3, seed=10_000)
+    assert metrics["success_rate"] == 1.0
+    assert metrics["final_error_mean"] < 0.05

@@ -66,6 +66,8 @@ class MobileManipulatorEnv(MujocoEnv):
         self._act_v = [self._dof_idx[j] for j in ACTUATED_JOINTS]
         self._chassis = m.body("chassis").id
         self._ee = m.site("ee").id
+        self._force_limit = m.actuator_forcerange[:, 1].copy()
+        self._arm_range = np.array([m.joint(j).range for j in ARM_JOINTS])
         self.last_action = np.zeros(ACTION_DIM)
 
     # ----------------------------------------------------------------- state helpers
@@ -108,6 +110,11 @@ class MobileManipulatorEnv(MujocoEnv):
             v[[self._dof_idx["chassis_pitch"], self._dof_idx["chassis_roll"]]],
             self.last_action,
         ])
+
+    @property
+    def effort(self) -> float:
+        """Mean |actuator force| as a fraction of each actuator's force limit (0..1)."""
+        return float(np.mean(np.abs(self.data.actuator_force) / self._force_limit))
 
     def feasibility(self) -> dict[str, float]:
         """Per-step figures the evaluation averages: |joint velocity|, |torque|, tilt."""
@@ -160,7 +167,14 @@ class MobileManipulatorEnv(MujocoEnv):
     def _evaluate(self, action: np.ndarray) -> tuple[float, dict[str, Any]]:
         raise NotImplementedError
 
+    # Weights of the skills' regularisers. Energy: a velocity servo's force is
+    # kv * (command - velocity), so `effort` charges every jerk of the command and every push
+    # against an obstacle. Smoothness: mean squared action change (1.0 instead of 0.05 was tried
+    # and did not lower the blender's energy; docs/skillblender.md).
+    energy_weight = 1.0
+    smooth_weight = 0.05
+
     def _regularisers(self, action: np.ndarray) -> float:
-        """Smoothness and posture penalties shared by the skills (tasks use none)."""
+        """Smoothness, energy and tilt penalties shared by the skills (tasks use none)."""
         smooth = float(np.square(action - self.last_action).mean())
-        return -0.05 * smooth - 0.5 * self.tilt
+        return -self.smooth_weight * smooth - self.energy_weight * self.effort - 0.5 * self.tilt

@@ -54,12 +54,18 @@ class ReachEnv(MobileManipulatorEnv):
     The base should stay put."""
 
     extra_dim = 3
+    low_pose_share = 0.35
     goal_low = np.array([-1.2, -1.2, -1.0])
     goal_high = np.array([1.2, 1.2, 1.0])
 
     def _reset_task(self) -> None:
         q = self.data.qpos.copy()
-        lo, hi = np.array([-2.4, -1.4, -2.0]), np.array([2.4, 1.4, 2.0])
+        # Poses from the arm's whole joint range; in 35 % of the episodes the shoulder is pitched
+        # forward (>= 1.2 rad), which puts the hand low. The box push needs the hand low ahead
+        # of the base: uniform poses put it below 0.3 m in 2.6 % of episodes, this mix in ~9 %.
+        lo, hi = self._arm_range.T.copy()
+        if self.np_random.uniform() < self.low_pose_share:
+            lo[1] = 1.2
         for _ in range(100):  # rejection-sample a pose whose hand clears the floor and chassis
             self.data.qpos[self._arm_q] = self.np_random.uniform(lo, hi)
             mujoco.mj_kinematics(self.model, self.data)

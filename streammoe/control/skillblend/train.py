@@ -160,6 +160,7 @@ def ensure_skills(sk: DictConfig, skills_dir: str | None, run_dir: Path, seed: i
 def train_skills(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Entry of ``experiment=skillblend_skills``."""
     sk = cfg.skillblend.skills
+    torch.set_num_threads(int(cfg.skillblend.threads))
     device = str(resolve_device(cfg.device))
     rec = RunRecorder(run_dir)
     skills_dir = run_dir / "skills"
@@ -216,6 +217,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     c = cfg.skillblend
     if c.task not in TASK_ENVS:
         raise ValueError(f"unknown task {c.task!r}; available: {sorted(TASK_ENVS)}")
+    torch.set_num_threads(int(c.threads))
     device = str(resolve_device(cfg.device))
     rec = RunRecorder(run_dir)
     resume_dir = find_checkpoint_dir(c.get("resume"), run_dir)
