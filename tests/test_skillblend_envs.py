@@ -104,7 +104,7 @@ def test_skill_rewards_charge_actuator_effort(name: str) -> None:
 @pytest.mark.parametrize("name", ALL)
 def test_the_body_settles_under_a_zero_command_after_jerks(name: str) -> None:
     """Regression: without armature the arm's saturated velocity servos chattered forever (a
-    2-step limit cycle at several rad/s), which inflated every energy figure."""
+    2-step limit cycle at ~2 rad/s), which inflated every energy figure."""
     env = gym.make(ENV_IDS[name]).unwrapped
     for seed in range(25):  # armature 0.05 still chattered in 3 of these 25 seeds (each env)
         env.reset(seed=seed)

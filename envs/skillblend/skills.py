@@ -54,18 +54,20 @@ class ReachEnv(MobileManipulatorEnv):
     The base should stay put."""
 
     extra_dim = 3
-    low_pose_share = 0.35
+    low_pose_share = 0.35      # share of episodes whose pose has the shoulder pitched forward
+    low_pose_min_pitch = 1.2   # rad; the pitch limit is 1.6
     goal_low = np.array([-1.2, -1.2, -1.0])
     goal_high = np.array([1.2, 1.2, 1.0])
 
     def _reset_task(self) -> None:
         q = self.data.qpos.copy()
-        # Poses from the arm's whole joint range; in 35 % of the episodes the shoulder is pitched
-        # forward (>= 1.2 rad), which puts the hand low. The box push needs the hand low ahead
-        # of the base: uniform poses put it below 0.3 m in 2.6 % of episodes, this mix in ~9 %.
+        # Poses from the arm's whole joint range; in a `low_pose_share` of the episodes the
+        # shoulder is pitched forward (>= `low_pose_min_pitch`), which puts the hand low. The box
+        # push needs the hand low ahead of the base: uniform poses put it below 0.3 m in 2.6 % of
+        # episodes, this mix in ~9 %.
         lo, hi = self._arm_range.T.copy()
         if self.np_random.uniform() < self.low_pose_share:
-            lo[1] = 1.2
+            lo[1] = self.low_pose_min_pitch
         for _ in range(100):  # rejection-sample a pose whose hand clears the floor and chassis
             self.data.qpos[self._arm_q] = self.np_random.uniform(lo, hi)
             mujoco.mj_kinematics(self.model, self.data)
