@@ -171,7 +171,7 @@ def aggregate(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[st
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--skills-dir", required=True, help="folder with walk.pt and reach.pt (experiment=skillblend_skills)")
+    p.add_argument("--skills-dir", required=True, help="folder with <skill>.pt for every skill in skillblend.skills.names (experiment=skillblend_skills)")
     p.add_argument("--tasks", nargs="+", default=["far_reach", "button", "box_push"])
     p.add_argument("--methods", nargs="+", default=["blend", "hard", "flat"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -194,8 +194,10 @@ def main() -> None:
     p.add_argument("--throughput-chunk", type=int, default=4096)
     p.add_argument("--throughput-rounds", type=int, default=4)
     args = p.parse_args()
-    if not all((Path(args.skills_dir) / f"{n}.pt").is_file() for n in ("walk", "reach")):
-        raise SystemExit(f"{args.skills_dir} lacks walk.pt / reach.pt: run "
+    names = list(_compose(args.override).skillblend.skills.names)
+    missing = [f"{n}.pt" for n in names if not (Path(args.skills_dir) / f"{n}.pt").is_file()]
+    if missing:
+        raise SystemExit(f"{args.skills_dir} lacks {', '.join(missing)}: run "
                          "`python scripts/run.py experiment=skillblend_skills` first")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from joblib import Parallel, delayed

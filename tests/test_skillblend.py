@@ -15,7 +15,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 
 import streammoe  # noqa: F401  (sets MUJOCO_GL before mujoco loads)
-from envs.skillblend import ACTION_DIM, ENV_IDS, PROPRIO_DIM
+from envs.skillblend import ACTION_DIM, ENV_IDS, PROPRIO_DIM, SKILL_ENVS
 from envs.skillblend.skills import ReachEnv, WalkEnv
 from streammoe.cli import run_experiment
 from streammoe.control.skillblend import (
@@ -227,7 +227,22 @@ def test_real_configs_compose(make_config) -> None:
     assert cfg.skillblend.method == "blend" and cfg.skillblend.eval_episodes >= 20
     assert list(cfg.skillblend.skills.names) == ["walk", "reach"]
     cfg = make_config(["experiment=skillblend_skills"])
-    assert cfg.skillblend.skills.timesteps.reach > 10_000
+    assert all(name in SKILL_ENVS and cfg.skillblend.skills.timesteps[name] > 10_000
+               for name in cfg.skillblend.skills.names)
+
+
+def test_skill_env_kwargs_reach_the_skill_envs(make_config) -> None:
+    from streammoe.control.skillblend.train import make_vec, skill_env_kwargs
+
+    sk = make_config(["experiment=skillblend_skills",
+                      "skillblend.skills.env_kwargs.reach.goal_distortion_gain=2.0"]).skillblend.skills
+    assert skill_env_kwargs(sk, "reach") == {"goal_distortion_gain": 2.0}
+    assert skill_env_kwargs(sk, "walk_velocity") == {}
+    vec = make_vec(ENV_IDS["reach"], 2, 0, 16, skill_env_kwargs(sk, "reach"))
+    assert all(e.unwrapped.goal_distortion_gain == 2.0 for e in vec.envs)
+    vec.close()
+    with pytest.raises(TypeError, match="no_such_option"):
+        make_vec(ENV_IDS["reach"], 1, 0, None, {"no_such_option": 1})
 
 
 def _frames(path: Path) -> int:
@@ -311,7 +326,7 @@ def test_reach_error_by_height_reports_every_target() -> None:
 SHIPPED_SKILLS = Path(__file__).resolve().parents[1] / "results" / "skillblend" / "skills"
 
 
-@pytest.mark.parametrize("name", ["walk", "reach"])
+@pytest.mark.parametrize("name", ["walk", "walk_velocity", "reach"])
 def test_shipped_skills_still_solve_their_env(name: str) -> None:
     """The skills behind docs/skillblender.md's results ship in results/skillblend/skills. If the
     body, the observation layout or the skill envs change, they stop working: retrain them
@@ -322,5 +337,7 @@ def test_shipped_skills_still_solve_their_env(name: str) -> None:
 
     skill = load_skill(SHIPPED_SKILLS / f"{name}.pt")
     metrics = evaluate(skill_policy_fn(skill), ENV_IDS[name], n_episodes=3, seed=10_000)
-    assert metrics["success_rate"] == 1.0
-    assert metrics["final_error_mean"] < 0.05
+    if name == "walk_velocity":  # the command may change a few steps before the end: a transient
+        assert metrics["success_rate"] >= 2 / 3 and metrics["final_error_mean"] < 0.1
+    else:
+        assert metrics["success_rate"] == 1.0 and metrics["final_error_mean"] < 0.05

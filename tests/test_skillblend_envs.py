@@ -39,7 +39,7 @@ def test_reset_is_seeded_and_layout_holds(name: str) -> None:
     prop = u.proprioception()
     assert prop.shape == (PROPRIO_DIM,)
     # skills: [goal, proprio]; tasks: [proprio, features]
-    np.testing.assert_allclose(c[-PROPRIO_DIM:] if name in ("walk", "reach") else c[:PROPRIO_DIM], prop)
+    np.testing.assert_allclose(c[-PROPRIO_DIM:] if name in ("walk", "walk_velocity", "reach") else c[:PROPRIO_DIM], prop)
     env.close()
 
 
@@ -61,6 +61,50 @@ def test_walk_goal_shrinks_when_driving_towards_it() -> None:
         dxy = env.goal()[:2]
         env.step(np.r_[np.clip(2 * dxy, -1, 1), 0, 0, 0, 0])
     assert np.linalg.norm(env.goal()[:2]) < np.linalg.norm(g0[:2]) - 0.3
+
+
+def test_walk_velocity_tracks_commands_that_change_and_stop() -> None:
+    env = gym.make(ENV_IDS["walk_velocity"]).unwrapped
+    commands, zero = [], 0
+    for seed in range(40):
+        env.reset(seed=seed)
+        seen = [env.goal()]
+        for _ in range(100):
+            obs = env.step(np.zeros(ACTION_DIM))[0]
+            np.testing.assert_array_equal(obs[:3], env.goal())  # the observation carries the command
+            if not np.array_equal(seen[-1], env.goal()):
+                seen.append(env.goal())
+        commands.append(len(seen))
+        zero += sum(not np.any(c) for c in seen)
+        assert all(np.all(c >= env.goal_low) and np.all(c <= env.goal_high) for c in seen)
+    assert max(commands) == 3 and min(commands) == 1  # 0-2 changes within an episode
+    assert 0.1 < zero / sum(commands) < 0.45  # about a quarter of the commands say "stand still"
+    # Tracking the command in the base frame beats standing still against it.
+    env.reset(seed=5)
+    env.command = np.array([0.6, -0.3, 0.5])
+    for _ in range(15):
+        _, r_track, _, _, info = env.step(np.r_[env.command / np.array([1.0, 1.0, 1.5]), 0, 0, 0])
+    assert info["error"] < 0.05
+    for _ in range(15):
+        _, r_still, _, _, still = env.step(np.zeros(ACTION_DIM))
+    assert still["error"] > 0.5 and r_track > r_still
+
+
+def test_reach_goal_distortion_changes_what_the_skill_sees_not_the_error() -> None:
+    plain = gym.make(ENV_IDS["reach"]).unwrapped
+    bent = gym.make(ENV_IDS["reach"], goal_distortion_gain=2.0).unwrapped
+    obs_plain, _ = plain.reset(seed=4)
+    obs_bent, _ = bent.reset(seed=4)
+    np.testing.assert_allclose(obs_plain[:3], plain.goal())  # default: the exact difference vector
+    np.testing.assert_array_equal(plain.goal_distortion_matrix, np.eye(3))
+    m = bent.goal_distortion_matrix
+    assert not np.allclose(m, np.eye(3))
+    assert np.all((np.diag(m) >= 0.5) & (np.diag(m) <= 2.0)) and np.abs(m - np.diag(np.diag(m))).max() <= 0.3
+    np.testing.assert_allclose(obs_bent[:3], m @ bent.goal())
+    info = bent.step(np.zeros(ACTION_DIM))[-1]
+    assert info["error"] == pytest.approx(np.linalg.norm(bent.goal()))  # scored on the true error
+    with pytest.raises(ValueError, match="goal_distortion_gain"):
+        gym.make(ENV_IDS["reach"], goal_distortion_gain=0.5)
 
 
 def test_reach_reward_peaks_at_the_target() -> None:
@@ -89,7 +133,7 @@ def test_reach_targets_cover_the_low_workspace_the_box_push_needs() -> None:
     assert ahead_low >= 8  # 2 in 300 with uniform poses over the old pitch range (±1.4)
 
 
-@pytest.mark.parametrize("name", ["walk", "reach"])
+@pytest.mark.parametrize("name", ["walk", "walk_velocity", "reach"])
 def test_skill_rewards_charge_actuator_effort(name: str) -> None:
     """The skills' energy regulariser: a jerk of the command costs reward, scaled by effort."""
     charged, free = gym.make(ENV_IDS[name]).unwrapped, gym.make(ENV_IDS[name]).unwrapped

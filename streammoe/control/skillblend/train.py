@@ -53,13 +53,24 @@ INFO_KEYS = ("error", "success")
 
 
 # ---------------------------------------------------------------------- shared pieces
-def env_kwargs(episode_steps: int | None) -> dict[str, Any]:
-    return {} if episode_steps is None else {"max_episode_steps": int(episode_steps)}
+def env_kwargs(episode_steps: int | None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``gym.make`` keyword arguments: the episode length (``None``: registered) and ``extra``."""
+    out = dict(extra or {})
+    if episode_steps is not None:
+        out["max_episode_steps"] = int(episode_steps)
+    return out
 
 
-def make_vec(env_id: str, n_envs: int, seed: int, episode_steps: int | None = None) -> VecEnv:
+def skill_env_kwargs(sk: DictConfig, name: str) -> dict[str, Any]:
+    """The skill's env constructor arguments from ``skills.env_kwargs.<name>`` (may be absent)."""
+    per_skill = sk.get("env_kwargs") or {}
+    return dict(OmegaConf.to_container(per_skill[name], resolve=True)) if name in per_skill else {}
+
+
+def make_vec(env_id: str, n_envs: int, seed: int, episode_steps: int | None = None,
+             extra: dict[str, Any] | None = None) -> VecEnv:
     """SB3 DummyVecEnv with Monitor wrappers that also record the final task error."""
-    return make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs(episode_steps),
+    return make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs(episode_steps, extra),
                         monitor_kwargs={"info_keywords": INFO_KEYS})
 
 
@@ -115,9 +126,10 @@ def train_skill(name: str, sk: DictConfig, out_dir: Path, seed: int, device: str
     if name not in SKILL_ENVS:
         raise ValueError(f"unknown skill {name!r}; available: {sorted(SKILL_ENVS)}")
     env_cls, env_id = SKILL_ENVS[name], ENV_IDS[name]
+    extra = skill_env_kwargs(sk, name)
     meta = {"phase": f"skill_{name}", "env_id": env_id, "n_envs": int(sk.n_envs), "seed": int(seed)}
     model = _resume_or_build(resume_dir, meta, device, lambda: PPO(
-        "MlpPolicy", make_vec(env_id, sk.n_envs, seed, sk.get("episode_steps")), seed=seed, device=device,
+        "MlpPolicy", make_vec(env_id, sk.n_envs, seed, sk.get("episode_steps"), extra), seed=seed, device=device,
         verbose=0, **ppo_kwargs(sk.ppo)))
     callbacks: list[BaseCallback] = [RecorderCallback(recorder, f"skill_{name}")] if recorder else []
     if checkpoint_dir is not None:
@@ -132,7 +144,7 @@ def train_skill(name: str, sk: DictConfig, out_dir: Path, seed: int, device: str
     save_skill(skill, out_dir / f"{name}.pt")
     skill = load_skill(out_dir / f"{name}.pt")  # evaluate exactly what the blender will load
     metrics = evaluate(skill_policy_fn(skill), env_id, sk.eval_episodes, seed=10_000 + seed,
-                       **env_kwargs(sk.get("episode_steps")))
+                       **env_kwargs(sk.get("episode_steps"), extra))
     metrics.update(train_steps=model.num_timesteps, train_seconds=seconds,
                    train_steps_per_s=model.num_timesteps / seconds)
     return skill, metrics
@@ -173,7 +185,7 @@ def train_skills(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if sk.video_episodes:
             _, n_frames = record_rollout(skill_policy_fn(skill), ENV_IDS[name], run_dir / f"{name}.mp4",
                                          sk.video_episodes, 20_000 + cfg.seed,
-                                         **env_kwargs(sk.get("episode_steps")))
+                                         **env_kwargs(sk.get("episode_steps"), skill_env_kwargs(sk, name)))
             metrics[f"{name}_video_frames"] = n_frames
     return rec.finish(metrics, title="skillblend_skills: frozen skills, evaluated with noise off")
 
