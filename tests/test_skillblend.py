@@ -15,7 +15,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 
 import streammoe  # noqa: F401  (sets MUJOCO_GL before mujoco loads)
-from envs.skillblend import ACTION_DIM, ENV_IDS, PROPRIO_DIM, SKILL_ENVS
+from envs.skillblend import ACTION_DIM, ENV_IDS, PROPRIO_DIM, PROPRIO_RATES, SKILL_ENVS
 from envs.skillblend.skills import ReachEnv, WalkEnv
 from streammoe.cli import run_experiment
 from streammoe.control.skillblend import (
@@ -200,6 +200,34 @@ def test_blender_save_load_round_trip(tmp_path: Path) -> None:
                                model.predict(obs, deterministic=True)[0], rtol=1e-6)
 
 
+def test_blender_can_be_blind_to_rates_while_the_skills_see_them(tmp_path: Path) -> None:
+    vec = make_vec_env(ENV_IDS["far_reach"], n_envs=1, seed=0, env_kwargs={"max_episode_steps": 20})
+    model = PPO(SkillBlendPolicy, vec, seed=0, device="cpu", **SMALL_PPO,
+                policy_kwargs={"skills": make_skills(), "proprio_dim": PROPRIO_DIM, "net_arch": [16, 16],
+                               "hidden_from_blender": PROPRIO_RATES})
+    with torch.no_grad():  # random heads, so goals and weights depend on every visible input
+        model.policy.action_net.weight.normal_()
+    obs = np.stack([vec.observation_space.sample() for _ in range(3)]).clip(-3, 3)
+    moved = obs.copy()
+    moved[:, list(PROPRIO_RATES)] += 0.5
+    a, b = model.policy.blend_details(obs), model.policy.blend_details(moved)
+    np.testing.assert_array_equal(a["goals"], b["goals"])
+    np.testing.assert_array_equal(a["weights"], b["weights"])
+    assert not np.allclose(a["skill_actions"], b["skill_actions"])  # the skills still read the rates
+    values = [model.policy.predict_values(model.policy.obs_to_tensor(o)[0]) for o in (obs, moved)]
+    torch.testing.assert_close(values[0], values[1])
+    pose = obs.copy()
+    pose[:, 0] += 0.5  # arm joint angle: visible to the blender
+    assert not np.allclose(model.policy.blend_details(pose)["goals"], a["goals"])
+    model.save(tmp_path / "model.zip")
+    loaded = PPO.load(tmp_path / "model.zip", device="cpu")
+    assert loaded.policy.hidden_from_blender == tuple(sorted(PROPRIO_RATES))
+    np.testing.assert_allclose(loaded.policy.blend_details(moved)["goals"], a["goals"], rtol=1e-6)
+    with pytest.raises(ValueError, match="hidden_from_blender"):
+        PPO(SkillBlendPolicy, vec, policy_kwargs={"skills": make_skills(), "proprio_dim": PROPRIO_DIM,
+                                                  "hidden_from_blender": [10_000]})
+
+
 def test_policy_rejects_bad_configuration() -> None:
     vec = make_vec_env(ENV_IDS["far_reach"], n_envs=1, seed=0)
     with pytest.raises(ValueError, match="selection"):
@@ -214,6 +242,14 @@ def test_policy_rejects_bad_configuration() -> None:
                                                   "goal_gain": 0.0})
 
 
+def test_blender_sees_rates_switch_reaches_the_policy(make_config) -> None:
+    vec = make_vec_env(ENV_IDS["far_reach"], n_envs=1, seed=0)
+    for sees, hidden in ((False, tuple(PROPRIO_RATES)), (True, ())):
+        cfg = make_config(["experiment=skillblend_smoke", f"skillblend.blender_sees_rates={sees}"])
+        for method in ("blend", "hard"):
+            assert make_model(method, vec, make_skills(), cfg.skillblend, 0, "cpu").policy.hidden_from_blender == hidden
+
+
 def test_make_model_rejects_unknown_method(make_config) -> None:
     cfg = make_config(["experiment=skillblend_smoke"])
     vec = make_vec_env(ENV_IDS["far_reach"], n_envs=1, seed=0)
@@ -225,6 +261,7 @@ def test_make_model_rejects_unknown_method(make_config) -> None:
 def test_real_configs_compose(make_config) -> None:
     cfg = make_config(["experiment=skillblend"])
     assert cfg.skillblend.method == "blend" and cfg.skillblend.eval_episodes >= 20
+    assert cfg.skillblend.blender_sees_rates is False
     assert list(cfg.skillblend.skills.names) == ["walk", "reach"]
     cfg = make_config(["experiment=skillblend_skills"])
     assert all(name in SKILL_ENVS and cfg.skillblend.skills.timesteps[name] > 10_000

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from gymnasium.envs.registration import register, registry
 
-from envs.skillblend.base import ACTION_DIM, PROPRIO_DIM, MobileManipulatorEnv
+from envs.skillblend.base import ACTION_DIM, PROPRIO_DIM, PROPRIO_RATES, MobileManipulatorEnv
 from envs.skillblend.skills import ReachEnv, WalkEnv, WalkVelocityEnv
 from envs.skillblend.tasks import BoxPushEnv, ButtonEnv, FarReachEnv
 
-__all__ = ["ACTION_DIM", "ENV_IDS", "PROPRIO_DIM", "SKILL_ENVS", "TASK_ENVS", "MobileManipulatorEnv"]
+__all__ = ["ACTION_DIM", "ENV_IDS", "PROPRIO_DIM", "PROPRIO_RATES", "SKILL_ENVS", "TASK_ENVS", "MobileManipulatorEnv"]
 
 # name -> (id, class, episode length in control steps of 0.04 s)
 _SPECS = {

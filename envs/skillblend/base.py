@@ -30,6 +30,9 @@ ARM_DEFAULT = np.zeros(3)  # upper arm up, forearm forward: hand 0.47 m ahead, 0
 # arm q - default (3), base velocity in base frame (vx, vy, yaw rate), arm qvel (3),
 # chassis pitch/roll (2) and their rates (2), last action (6)
 PROPRIO_DIM = 3 + 3 + 3 + 4 + ACTION_DIM
+# Proprioception entries that change within a control step (velocities, rates, last action), as
+# opposed to poses: base velocity and yaw rate, arm joint velocities, chassis rates, last action.
+PROPRIO_RATES = (*range(3, 9), 11, 12, *range(13, PROPRIO_DIM))
 DEFAULT_CAMERA = {"type": 1, "trackbodyid": 1, "distance": 5.0, "elevation": -35.0, "azimuth": 135.0}  # tracks the base
 
 

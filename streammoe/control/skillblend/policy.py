@@ -43,7 +43,8 @@ class SkillBlendPolicy(ActorCriticPolicy):
 
     def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, lr_schedule: Any,
                  skills: Sequence[Skill], proprio_dim: int, selection: str = "blend",
-                 gate_temperature: float = 1.0, goal_gain: float = 1.0, **kwargs: Any) -> None:
+                 gate_temperature: float = 1.0, goal_gain: float = 1.0,
+                 hidden_from_blender: Sequence[int] = (), **kwargs: Any) -> None:
         if selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
         if not skills:
@@ -69,6 +70,10 @@ class SkillBlendPolicy(ActorCriticPolicy):
         if not goal_gain > 0:
             raise ValueError(f"goal_gain must be > 0, got {goal_gain}")
         self.goal_gain = float(goal_gain)
+        hidden = sorted({int(i) for i in hidden_from_blender})
+        if hidden and not 0 <= hidden[0] <= hidden[-1] < obs_dim:
+            raise ValueError(f"hidden_from_blender indices must be in [0, {obs_dim}), got {hidden}")
+        self.hidden_from_blender = tuple(hidden)
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)
 
     # ------------------------------------------------------------------ construction
@@ -92,6 +97,11 @@ class SkillBlendPolicy(ActorCriticPolicy):
         self.action_net = nn.Linear(self.mlp_extractor.latent_dim_pi, self.goal_total + n_logits)
         nn.init.orthogonal_(self.action_net.weight, gain=0.01)
         nn.init.zeros_(self.action_net.bias)  # start: goals mid-range, uniform weights
+        # Observation entries the blender's actor and critic MLPs do not see (zeroed); the skills
+        # still read the whole proprioception.
+        mask = torch.ones(int(np.prod(self.observation_space.shape)))
+        mask[list(self.hidden_from_blender)] = 0.0
+        self.register_buffer("blender_input_mask", mask, persistent=False)
         trainable = [p for p in self.parameters() if p.requires_grad]
         self.optimizer = self.optimizer_class(trainable, lr=lr_schedule(1), **self.optimizer_kwargs)
 
@@ -148,7 +158,8 @@ class SkillBlendPolicy(ActorCriticPolicy):
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
         data.update(skills=list(self.skills), proprio_dim=self.proprio_dim, selection=self.selection,
-                    gate_temperature=self.gate_temperature, goal_gain=self.goal_gain)
+                    gate_temperature=self.gate_temperature, goal_gain=self.goal_gain,
+                    hidden_from_blender=self.hidden_from_blender)
         return data
 
     # ------------------------------------------------------------------ the blend
@@ -172,9 +183,13 @@ class SkillBlendPolicy(ActorCriticPolicy):
     def _distribution(self, features: Tensor, latent_pi: Tensor) -> Distribution:
         return self.action_dist.proba_distribution(self.blend(features, latent_pi)["mean"], self.log_std)
 
+    def _latents(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """Actor and critic latents from the observation entries the blender may see."""
+        return self.mlp_extractor(features * self.blender_input_mask)
+
     def forward(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         features = self.extract_features(obs)
-        latent_pi, latent_vf = self.mlp_extractor(features)
+        latent_pi, latent_vf = self._latents(features)
         distribution = self._distribution(features, latent_pi)
         actions = distribution.get_actions(deterministic=deterministic)
         log_prob = distribution.log_prob(actions)
@@ -182,18 +197,22 @@ class SkillBlendPolicy(ActorCriticPolicy):
 
     def evaluate_actions(self, obs: Tensor, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         features = self.extract_features(obs)
-        latent_pi, latent_vf = self.mlp_extractor(features)
+        latent_pi, latent_vf = self._latents(features)
         distribution = self._distribution(features, latent_pi)
         return self.value_net(latent_vf), distribution.log_prob(actions), distribution.entropy()
 
     def get_distribution(self, obs: Tensor) -> Distribution:
         features = self.extract_features(obs)
-        return self._distribution(features, self.mlp_extractor.forward_actor(features))
+        return self._distribution(features, self.mlp_extractor.forward_actor(features * self.blender_input_mask))
+
+    def predict_values(self, obs: Tensor) -> Tensor:
+        features = self.extract_features(obs)
+        return self.value_net(self.mlp_extractor.forward_critic(features * self.blender_input_mask))
 
     @torch.no_grad()
     def blend_details(self, obs: np.ndarray) -> dict[str, np.ndarray]:
         """The blend for one or more raw observations, as numpy (for plots and analysis)."""
         obs_t, _ = self.obs_to_tensor(obs)
         features = self.extract_features(obs_t)
-        out = self.blend(features, self.mlp_extractor.forward_actor(features))
+        out = self.blend(features, self.mlp_extractor.forward_actor(features * self.blender_input_mask))
         return {k: v.cpu().numpy() for k, v in out.items()}

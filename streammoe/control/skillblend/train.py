@@ -25,7 +25,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecEnv
 
-from envs.skillblend import ENV_IDS, PROPRIO_DIM, SKILL_ENVS, TASK_ENVS
+from envs.skillblend import ENV_IDS, PROPRIO_DIM, PROPRIO_RATES, SKILL_ENVS, TASK_ENVS
 from streammoe.control.skillblend.checkpoint import (
     CHECKPOINT_DIR,
     CheckpointCallback,
@@ -200,7 +200,8 @@ def make_model(method: str, vec: VecEnv, skills: list[MLPSkill], c: DictConfig, 
     if method == "flat":
         return PPO("MlpPolicy", vec, seed=seed, device=device, verbose=0, **kw)
     kw["policy_kwargs"].update(skills=skills, proprio_dim=PROPRIO_DIM, selection=method,
-                               gate_temperature=float(c.gate_temperature), goal_gain=float(c.goal_gain))
+                               gate_temperature=float(c.gate_temperature), goal_gain=float(c.goal_gain),
+                               hidden_from_blender=() if c.get("blender_sees_rates", True) else PROPRIO_RATES)
     return PPO(SkillBlendPolicy, vec, seed=seed, device=device, verbose=0, **kw)
 
 
