@@ -10,6 +10,7 @@ from gymnasium.utils.passive_env_checker import env_render_passive_checker
 
 import streammoe  # noqa: F401  (sets MUJOCO_GL before mujoco loads)
 from envs.skillblend import ACTION_DIM, ENV_IDS, PROPRIO_DIM
+from envs.skillblend.base import ACTION_SCALE
 
 ALL = sorted(ENV_IDS)
 TASKS = ["box_push", "button", "far_reach"]
@@ -83,7 +84,7 @@ def test_walk_velocity_tracks_commands_that_change_and_stop() -> None:
     env.reset(seed=5)
     env.command = np.array([0.6, -0.3, 0.5])
     for _ in range(15):
-        _, r_track, _, _, info = env.step(np.r_[env.command / np.array([1.0, 1.0, 1.5]), 0, 0, 0])
+        _, r_track, _, _, info = env.step(np.r_[env.command / ACTION_SCALE[:3], 0, 0, 0])
     assert info["error"] < 0.05
     for _ in range(15):
         _, r_still, _, _, still = env.step(np.zeros(ACTION_DIM))

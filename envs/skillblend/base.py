@@ -102,12 +102,18 @@ class MobileManipulatorEnv(MujocoEnv):
         """Angle (rad) between the chassis' up axis and the world's."""
         return float(np.arccos(np.clip(self.data.xmat[self._chassis][8], -1.0, 1.0)))
 
+    @property
+    def base_velocity(self) -> np.ndarray:
+        """(vx, vy) in the base frame and the yaw rate."""
+        v = self.data.qvel
+        vxy = self.to_base_frame(v[[self._dof_idx["base_x"], self._dof_idx["base_y"]]])
+        return np.array([*vxy, v[self._dof_idx["base_yaw"]]])
+
     def proprioception(self) -> np.ndarray:
         q, v = self.data.qpos, self.data.qvel
-        base_vel = self.to_base_frame(v[[self._dof_idx["base_x"], self._dof_idx["base_y"]]])
         return np.concatenate([
             q[self._arm_q] - ARM_DEFAULT,
-            base_vel, [v[self._dof_idx["base_yaw"]]],
+            self.base_velocity,
             v[self._arm_v],
             q[[self._qpos_idx["chassis_pitch"], self._qpos_idx["chassis_roll"]]],
             v[[self._dof_idx["chassis_pitch"], self._dof_idx["chassis_roll"]]],

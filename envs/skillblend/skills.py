@@ -74,16 +74,16 @@ class WalkVelocityEnv(MobileManipulatorEnv):
         self.data.mocap_pos[0] = [*self.base_xy, -1.0]  # no marker: the goal is not a place
 
     def goal(self) -> np.ndarray:
+        """The current velocity command (vx, vy, yaw rate), base frame."""
         return self.command.copy()
 
     def _extra_obs(self) -> np.ndarray:
         return self.goal()
 
     def velocity_error(self) -> float:
-        v = self.data.qvel
-        base_vel = self.to_base_frame(v[[self._dof_idx["base_x"], self._dof_idx["base_y"]]])
-        yaw_rate = v[self._dof_idx["base_yaw"]]
-        return float(np.linalg.norm(base_vel - self.command[:2]) + 0.3 * abs(yaw_rate - self.command[2]))
+        """|base velocity - command| + 0.3 |yaw rate - commanded yaw rate|."""
+        diff = self.base_velocity - self.command
+        return float(np.linalg.norm(diff[:2]) + 0.3 * abs(diff[2]))
 
     def _evaluate(self, action: np.ndarray) -> tuple[float, dict[str, Any]]:
         error = self.velocity_error()
@@ -104,6 +104,8 @@ class ReachEnv(MobileManipulatorEnv):
     extra_dim = 3
     low_pose_share = 0.35      # share of episodes whose pose has the shoulder pitched forward
     low_pose_min_pitch = 1.2   # rad; the pitch limit is 1.6
+    goal_low = np.array([-1.2, -1.2, -1.0])
+    goal_high = np.array([1.2, 1.2, 1.0])
 
     def __init__(self, goal_distortion_gain: float = 1.0, goal_distortion_cross: float = 0.3,
                  **kwargs: Any) -> None:
@@ -115,8 +117,6 @@ class ReachEnv(MobileManipulatorEnv):
         self.goal_distortion_cross = float(goal_distortion_cross)
         self.goal_distortion_matrix = np.eye(3)
         super().__init__(**kwargs)
-    goal_low = np.array([-1.2, -1.2, -1.0])
-    goal_high = np.array([1.2, 1.2, 1.0])
 
     def _reset_task(self) -> None:
         q = self.data.qpos.copy()
@@ -142,10 +142,10 @@ class ReachEnv(MobileManipulatorEnv):
     def _sample_goal_distortion(self) -> np.ndarray:
         """The skill sees ``M @ goal``: per-axis gains log-uniform in [1/g, g] plus cross-terms
         up to ``goal_distortion_cross`` (``goal_distortion_gain`` = 1: the identity, cross-terms
-        ignored). A blender's
-        goal is a learned, slightly wrong function of the state; a skill trained only on exact
-        difference vectors can be driven into a limit cycle by it (docs/skillblender.md). M only
-        changes how the goal approaches 0, not where: the skill still stops at the target."""
+        ignored). A blender's goal is a learned, slightly wrong function of the state; a skill
+        trained only on exact difference vectors can be driven into a limit cycle by it
+        (docs/skillblender.md). M only changes how the goal approaches 0, not where: the skill
+        still stops at the target."""
         g = self.goal_distortion_gain
         if g == 1.0:  # off, and no random draws: default episodes are unchanged
             return np.eye(3)

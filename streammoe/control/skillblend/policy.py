@@ -183,9 +183,12 @@ class SkillBlendPolicy(ActorCriticPolicy):
     def _distribution(self, features: Tensor, latent_pi: Tensor) -> Distribution:
         return self.action_dist.proba_distribution(self.blend(features, latent_pi)["mean"], self.log_std)
 
+    def _blender_view(self, features: Tensor) -> Tensor:
+        """The features the blender's MLPs see: ``hidden_from_blender`` entries zeroed."""
+        return features * self.blender_input_mask if self.hidden_from_blender else features
+
     def _latents(self, features: Tensor) -> tuple[Tensor, Tensor]:
-        """Actor and critic latents from the observation entries the blender may see."""
-        return self.mlp_extractor(features * self.blender_input_mask)
+        return self.mlp_extractor(self._blender_view(features))
 
     def forward(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         features = self.extract_features(obs)
@@ -203,16 +206,17 @@ class SkillBlendPolicy(ActorCriticPolicy):
 
     def get_distribution(self, obs: Tensor) -> Distribution:
         features = self.extract_features(obs)
-        return self._distribution(features, self.mlp_extractor.forward_actor(features * self.blender_input_mask))
+        return self._distribution(features, self.mlp_extractor.forward_actor(self._blender_view(features)))
 
     def predict_values(self, obs: Tensor) -> Tensor:
+        """Critic values from what the blender sees (SB3 calls this to bootstrap rollouts)."""
         features = self.extract_features(obs)
-        return self.value_net(self.mlp_extractor.forward_critic(features * self.blender_input_mask))
+        return self.value_net(self.mlp_extractor.forward_critic(self._blender_view(features)))
 
     @torch.no_grad()
     def blend_details(self, obs: np.ndarray) -> dict[str, np.ndarray]:
         """The blend for one or more raw observations, as numpy (for plots and analysis)."""
         obs_t, _ = self.obs_to_tensor(obs)
         features = self.extract_features(obs_t)
-        out = self.blend(features, self.mlp_extractor.forward_actor(features * self.blender_input_mask))
+        out = self.blend(features, self.mlp_extractor.forward_actor(self._blender_view(features)))
         return {k: v.cpu().numpy() for k, v in out.items()}
