@@ -32,6 +32,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
+from streammoe_envs import CHEETAH_VEL_ID, POINT_ROBOT_ID
 
 __all__ = [
     "CHEETAH_VEL_ID",
@@ -43,8 +44,6 @@ __all__ = [
     "task_family",
 ]
 
-POINT_ROBOT_ID = "streammoe/PointRobot-v0"
-CHEETAH_VEL_ID = "streammoe/CheetahVel-v0"
 
 
 class PointRobotEnv(gym.Env):
@@ -138,10 +137,6 @@ class CheetahVelEnv(HalfCheetahEnv):
         info.update(reward_velocity=-abs(velocity - self._target_velocity), reward_ctrl=-ctrl,
                     task=self.task)
         return obs, reward, terminated, truncated, info
-
-
-gym.register(POINT_ROBOT_ID, entry_point=PointRobotEnv, max_episode_steps=20)
-gym.register(CHEETAH_VEL_ID, entry_point=CheetahVelEnv, max_episode_steps=200)
 
 
 @dataclass

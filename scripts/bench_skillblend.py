@@ -43,11 +43,12 @@ def bench_one(task: str, seed: int, skills_dir: str, timesteps: int, n_envs: int
     from stable_baselines3.common.callbacks import BaseCallback
 
     torch.set_num_threads(1)
+    from streammoe_envs.skillblend import ENV_IDS
+
     import streammoe  # noqa: F401  (MUJOCO_GL)
-    from envs.skillblend import ENV_IDS
     from streammoe.control.skillblend.evaluate import evaluate
+    from streammoe.control.skillblend.experiment import make_model, make_vec, model_policy_fn
     from streammoe.control.skillblend.skills import load_skill
-    from streammoe.control.skillblend.train import make_model, make_vec, model_policy_fn
     from streammoe.devices import seed_everything
 
     c = _compose(overrides).skillblend
@@ -99,10 +100,11 @@ def throughput_one(task: str, skills_dir: str, chunk: int, rounds: int, n_envs: 
     import torch
 
     torch.set_num_threads(1)
+    from streammoe_envs.skillblend import ENV_IDS
+
     import streammoe  # noqa: F401
-    from envs.skillblend import ENV_IDS
+    from streammoe.control.skillblend.experiment import make_model, make_vec
     from streammoe.control.skillblend.skills import load_skill
-    from streammoe.control.skillblend.train import make_model, make_vec
 
     c = _compose(overrides).skillblend
     skills = [load_skill(Path(skills_dir) / f"{n}.pt") for n in c.skills.names]

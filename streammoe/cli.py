@@ -17,9 +17,27 @@ from omegaconf import DictConfig, OmegaConf
 
 from streammoe.devices import seed_everything
 
-# conf/ sits beside the package in the repository (editable installs and source checkouts);
-# STREAMMOE_CONF points elsewhere, e.g. at a copy of conf/ next to a non-editable install.
-CONF_DIR = Path(os.environ.get("STREAMMOE_CONF", Path(__file__).resolve().parents[1] / "conf"))
+
+def config_dir() -> Path:
+    """Where the Hydra configs are: ``$STREAMMOE_CONF`` if set, else the ``conf/`` packaged in the
+    wheel (``streammoe/conf``), else the repository's ``conf/`` (source checkouts, editable
+    installs). The repository's ``conf/`` is the source; the wheel carries a copy of it."""
+    override = os.environ.get("STREAMMOE_CONF")
+    if override:
+        path = Path(override).expanduser().resolve()
+        if not (path / "config.yaml").is_file():
+            raise FileNotFoundError(f"STREAMMOE_CONF={override!r} has no config.yaml; point it at a "
+                                    "copy of streammoe's conf/ folder or unset it")
+        return path
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"streammoe's configs are missing (looked in {here / 'conf'} and "
+                            f"{here.parent / 'conf'}); reinstall streammoe or set STREAMMOE_CONF")
+
+
+CONF_DIR = config_dir()
 
 
 def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:

@@ -57,3 +57,24 @@ def test_shared_modules_import_no_system():
     for f in [*PKG.glob("*.py"), *(PKG / "routing").rglob("*.py")]:
         for imp in _imports(f):
             assert not imp.startswith(("streammoe.stream", "streammoe.control")), f"{f.name}: {imp}"
+
+
+ENVS = Path(__file__).resolve().parents[1] / "envs"
+
+
+def test_environments_import_no_part_of_streammoe():
+    """``streammoe_envs`` (the ``envs/`` folder) is below the systems: they import it, never back."""
+    files = list(ENVS.rglob("*.py"))
+    assert files
+    for f in files:
+        for imp in _imports(f):
+            assert imp.split(".")[0] != "streammoe", f"envs/{f.relative_to(ENVS)} imports {imp}"
+            assert imp.split(".")[0] != "envs", f"envs/{f.relative_to(ENVS)} imports {imp}: use streammoe_envs"
+
+
+def test_no_module_imports_the_bare_envs_name():
+    root = Path(__file__).resolve().parents[1]
+    for folder in ("streammoe", "scripts", "tests", "envs"):
+        for f in (root / folder).rglob("*.py"):
+            for imp in _imports(f):
+                assert imp.split(".")[0] != "envs", f"{f.relative_to(root)} imports {imp}"

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from streammoe_envs.trading import TradingEnv
+from streammoe_envs.trading.data import synthetic_market
+from streammoe_envs.trading.features import ObsLayout, build_features
 
-from envs.trading import TradingEnv
-from streammoe.control.macrohft.data import synthetic_market
-from streammoe.control.macrohft.features import ObsLayout, build_features
 from streammoe.control.macrohft.memory import EpisodicMemory
 from streammoe.control.macrohft.model import MacroHFT, load_checkpoint, save_checkpoint
 from streammoe.control.macrohft.networks import FiLM, HyperAgent, SubAgentQNet, dueling_combine

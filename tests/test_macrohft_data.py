@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from streammoe.control.macrohft.data import (
+from streammoe_envs.trading.data import (
     BUILTIN_DATASETS,
     bars_per_year,
     chronological_splits,
@@ -17,7 +16,8 @@ from streammoe.control.macrohft.data import (
     load_ohlcv_csv,
     synthetic_market,
 )
-from streammoe.control.macrohft.features import Standardiser, build_features, raw_features
+from streammoe_envs.trading.features import Standardiser, build_features, raw_features
+
 from streammoe.control.macrohft.regimes import (
     REGIMES,
     RegimeThresholds,
@@ -171,7 +171,7 @@ def test_decomposition_labels_and_bins(tmp_path: Path) -> None:
 
 
 def test_builtin_dataset_without_its_package_says_how_to_install(monkeypatch) -> None:
-    from streammoe.control.macrohft import data
+    from streammoe_envs.trading import data
 
     fake = data.BuiltinDataset("no_such_pkg_xyz", "a.csv", "Date", "%Y", "1d", "none")
     monkeypatch.setitem(data.BUILTIN_DATASETS, "fake", fake)

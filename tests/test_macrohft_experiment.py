@@ -11,11 +11,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+from streammoe_envs.trading import TradingEnv
+from streammoe_envs.trading.data import load_data, synthetic_market
+from streammoe_envs.trading.features import build_features
 
-from envs.trading import TradingEnv
 from streammoe.cli import CONF_DIR, run_experiment
-from streammoe.control.macrohft.data import load_data, synthetic_market
-from streammoe.control.macrohft.features import build_features
 from streammoe.control.macrohft.metrics import METRIC_KEYS, trading_metrics
 from streammoe.control.macrohft.model import load_checkpoint
 from streammoe.control.macrohft.regimes import REGIMES

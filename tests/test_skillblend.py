@@ -13,10 +13,10 @@ import pytest
 import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
+from streammoe_envs.skillblend import ACTION_DIM, ENV_IDS, PROPRIO_DIM, PROPRIO_RATES, SKILL_ENVS
+from streammoe_envs.skillblend.skill_envs import ReachEnv, WalkEnv
 
 import streammoe  # noqa: F401  (sets MUJOCO_GL before mujoco loads)
-from envs.skillblend import ACTION_DIM, ENV_IDS, PROPRIO_DIM, PROPRIO_RATES, SKILL_ENVS
-from envs.skillblend.skills import ReachEnv, WalkEnv
 from streammoe.cli import run_experiment
 from streammoe.control.skillblend import (
     MLPSkill,
@@ -25,7 +25,7 @@ from streammoe.control.skillblend import (
     save_skill,
     skill_from_sb3,
 )
-from streammoe.control.skillblend.train import make_model
+from streammoe.control.skillblend.experiment import make_model
 
 SMALL_PPO = {"n_steps": 32, "batch_size": 32, "n_epochs": 2, "learning_rate": 1e-3}
 
@@ -269,7 +269,7 @@ def test_real_configs_compose(make_config) -> None:
 
 
 def test_skill_env_kwargs_reach_the_skill_envs(make_config) -> None:
-    from streammoe.control.skillblend.train import make_vec, skill_env_kwargs
+    from streammoe.control.skillblend.experiment import make_vec, skill_env_kwargs
 
     sk = make_config(["experiment=skillblend_skills",
                       "skillblend.skills.env_kwargs.reach.goal_distortion_gain=2.0"]).skillblend.skills
@@ -369,8 +369,8 @@ def test_shipped_skills_still_solve_their_env(name: str) -> None:
     body, the observation layout or the skill envs change, they stop working: retrain them
     (experiment=skillblend_skills) and re-run the bench."""
     from streammoe.control.skillblend.evaluate import evaluate
+    from streammoe.control.skillblend.experiment import skill_policy_fn
     from streammoe.control.skillblend.skills import load_skill
-    from streammoe.control.skillblend.train import skill_policy_fn
 
     skill = load_skill(SHIPPED_SKILLS / f"{name}.pt")
     metrics = evaluate(skill_policy_fn(skill), ENV_IDS[name], n_episodes=3, seed=10_000)

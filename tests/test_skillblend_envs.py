@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 from gymnasium.utils.passive_env_checker import env_render_passive_checker
+from streammoe_envs.skillblend import ACTION_DIM, ENV_IDS, PROPRIO_DIM
+from streammoe_envs.skillblend.base import ACTION_SCALE
 
 import streammoe  # noqa: F401  (sets MUJOCO_GL before mujoco loads)
-from envs.skillblend import ACTION_DIM, ENV_IDS, PROPRIO_DIM
-from envs.skillblend.base import ACTION_SCALE
 
 ALL = sorted(ENV_IDS)
 TASKS = ["box_push", "button", "far_reach"]

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 from stable_baselines3 import PPO
+from streammoe_envs.skillblend import ENV_IDS
 
-from envs.skillblend import ENV_IDS
 from streammoe.cli import run_experiment
 from streammoe.control.skillblend import checkpoint as ckpt_mod
 from streammoe.control.skillblend.checkpoint import (
@@ -23,7 +23,7 @@ from streammoe.control.skillblend.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from streammoe.control.skillblend.train import make_vec
+from streammoe.control.skillblend.experiment import make_vec
 
 # Three rollouts of 2 envs x 32 steps in every PPO phase, so a run can stop in the middle of each.
 SMALL = ["experiment=skillblend_smoke", "skillblend.video_episodes=0", "skillblend.timesteps=192",

@@ -1,4 +1,4 @@
-"""T2MIR task families (envs.task_families) and learning-history datasets (collection, files,
+"""T2MIR task families (streammoe_envs.task_families) and learning-history datasets (collection, files,
 validation, context sampling)."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import json
 import gymnasium as gym
 import numpy as np
 import pytest
+import streammoe_envs  # noqa: F401  (registers the ids)
 from gymnasium.utils.env_checker import check_env
+from streammoe_envs.task_families import CHEETAH_VEL_ID, POINT_ROBOT_ID, task_family
 
-import envs  # noqa: F401  (registers the ids)
-from envs.task_families import CHEETAH_VEL_ID, POINT_ROBOT_ID, task_family
 from streammoe.control.t2mir.data import (
     ContextSampler,
     collect_expert_anneal,

@@ -9,8 +9,8 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 import torch
+from streammoe_envs.task_families import task_family
 
-from envs.task_families import task_family
 from streammoe.cli import run_experiment
 from streammoe.control.t2mir import train as train_module
 from streammoe.control.t2mir.data import ContextSampler, History, ensure_dataset

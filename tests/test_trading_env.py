@@ -5,14 +5,13 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
+import streammoe_envs  # noqa: F401  (registers streammoe/Trading-v0)
 from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
-
-import envs  # noqa: F401  (registers streammoe/Trading-v0)
-from envs.trading import ENV_ID, TradingEnv
-from streammoe.control.macrohft.data import synthetic_market
-from streammoe.control.macrohft.features import build_features
-from streammoe.control.macrohft.teacher import teacher_q_table, transition_rewards
+from streammoe_envs.trading import ENV_ID, TradingEnv
+from streammoe_envs.trading.data import synthetic_market
+from streammoe_envs.trading.features import build_features
+from streammoe_envs.trading.teacher import teacher_q_table, transition_rewards
 
 
 @pytest.fixture(scope="module")

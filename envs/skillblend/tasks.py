@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
-from envs.skillblend.base import MobileManipulatorEnv
+from streammoe_envs.skillblend.base import MobileManipulatorEnv
 
 
 class FarReachEnv(MobileManipulatorEnv):

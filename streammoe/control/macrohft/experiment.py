@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
+from streammoe_envs.trading import TradingEnv
+from streammoe_envs.trading.data import bars_per_year, load_data
+from streammoe_envs.trading.features import FeatureSet, build_features
 
-from envs.trading import TradingEnv
-from streammoe.control.macrohft.data import bars_per_year, load_data
-from streammoe.control.macrohft.features import FeatureSet, build_features
 from streammoe.control.macrohft.metrics import trading_metrics
 from streammoe.control.macrohft.model import MacroHFT, load_checkpoint, macd_long, save_checkpoint
 from streammoe.control.macrohft.regimes import (

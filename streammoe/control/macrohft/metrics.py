@@ -1,7 +1,7 @@
 """Trading metrics from a portfolio value series, annualised with the bar frequency.
 
 Per-bar simple returns ``r_t = V_t / V_{t-1} - 1``; ``bars_per_year`` comes from
-:func:`streammoe.control.macrohft.data.bars_per_year`. Risk-free rate 0.
+:func:`streammoe_envs.trading.data.bars_per_year`. Risk-free rate 0.
 
 - total return ``V_T / V_0 - 1``;
 - annualised volatility ``std(r, ddof=1) * sqrt(bars_per_year)``;

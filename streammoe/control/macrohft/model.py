@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from streammoe_envs.trading.features import ObsLayout
 from torch import Tensor, nn
 
-from streammoe.control.macrohft.features import ObsLayout
 from streammoe.control.macrohft.memory import EpisodicMemory
 from streammoe.control.macrohft.networks import HyperAgent, SubAgentQNet, mixed_q, stack_q
 from streammoe.control.macrohft.train import UniformMixer

@@ -2,7 +2,7 @@
 hyper-agent (a router over frozen sub-agents, conditioned on the market class).
 
 Both read the env's flat observation and split it with an
-:class:`~streammoe.control.macrohft.features.ObsLayout`.
+:class:`~streammoe_envs.trading.features.ObsLayout`.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from streammoe_envs.trading.features import ObsLayout
 from torch import Tensor, nn
 
-from streammoe.control.macrohft.features import ObsLayout
 from streammoe.routing import dense_mixture, softmax_gate
 
 __all__ = ["FiLM", "HyperAgent", "SubAgentQNet", "dueling_combine", "mixed_q", "stack_q"]

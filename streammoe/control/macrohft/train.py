@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from streammoe_envs.trading import TradingEnv
 from torch import Tensor, nn
 
-from envs.trading import TradingEnv
 from streammoe.control.macrohft.memory import EpisodicMemory
 from streammoe.control.macrohft.networks import HyperAgent, SubAgentQNet, mixed_q, stack_q
 from streammoe.routing import ema_copy, ema_update

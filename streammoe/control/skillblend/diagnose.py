@@ -19,10 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import streammoe_envs.skillblend  # noqa: F401  (registers the ids)
 import torch
+from streammoe_envs.skillblend import ENV_IDS, PROPRIO_DIM
 
-import envs.skillblend  # noqa: F401  (registers the ids)
-from envs.skillblend import ENV_IDS, PROPRIO_DIM
 from streammoe.control.skillblend.evaluate import evaluate
 from streammoe.control.skillblend.skills import MLPSkill, load_skill
 from streammoe.runs import format_table

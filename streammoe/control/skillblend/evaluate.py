@@ -9,9 +9,9 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import streammoe_envs.skillblend  # noqa: F401  (registers the ids)
+from streammoe_envs.skillblend.base import ACTUATED_JOINTS
 
-import envs.skillblend  # noqa: F401  (registers the ids)
-from envs.skillblend.base import ACTUATED_JOINTS
 from streammoe.runs import pyplot, save_figure
 from streammoe.video import record_episodes
 

@@ -33,8 +33,8 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from streammoe_envs.task_families import TaskFamily
 
-from envs.task_families import TaskFamily
 from streammoe.runs import progress
 
 __all__ = [

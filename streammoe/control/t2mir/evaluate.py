@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from streammoe_envs.task_families import TaskFamily
 
-from envs.task_families import TaskFamily
 from streammoe.control.t2mir.model import ICRLTransformer, KVCache
 from streammoe.runs import progress
 from streammoe.video import write_mp4

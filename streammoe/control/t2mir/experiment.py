@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
+from streammoe_envs.task_families import TaskFamily, task_family
 
-from envs.task_families import TaskFamily, task_family
 from streammoe.control.t2mir.data import History, ensure_dataset
 from streammoe.control.t2mir.evaluate import EvalResult, evaluate_in_context
 from streammoe.control.t2mir.model import ModelConfig, variant_flags

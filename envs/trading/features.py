@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from streammoe.control.macrohft.data import chronological_splits, validate_ohlcv
+from streammoe_envs.trading.data import chronological_splits, validate_ohlcv
 
 __all__ = ["FeatureSet", "ObsLayout", "Standardiser", "build_features", "raw_features", "rolling_slope"]
 

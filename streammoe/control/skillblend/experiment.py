@@ -24,8 +24,8 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecEnv
+from streammoe_envs.skillblend import ENV_IDS, PROPRIO_DIM, PROPRIO_RATES, SKILL_ENVS, TASK_ENVS
 
-from envs.skillblend import ENV_IDS, PROPRIO_DIM, PROPRIO_RATES, SKILL_ENVS, TASK_ENVS
 from streammoe.control.skillblend.checkpoint import (
     CHECKPOINT_DIR,
     CheckpointCallback,

@@ -11,8 +11,7 @@ from typing import Any
 
 import mujoco
 import numpy as np
-
-from envs.skillblend.base import ARM_DEFAULT, MobileManipulatorEnv, yaw_rotation
+from streammoe_envs.skillblend.base import ARM_DEFAULT, MobileManipulatorEnv, yaw_rotation
 
 
 def wrap_angle(a: float) -> float:

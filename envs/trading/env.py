@@ -2,11 +2,11 @@
 
 One step is one bar. The agent sees bar t (features computed from bars <= t), picks a target
 position level, the trade fills at bar t's close, and the reward is the mark-to-market change
-over bar t+1 minus commission (:mod:`streammoe.control.macrohft.teacher`). Episodes start flat
+over bar t+1 minus commission (:mod:`streammoe_envs.trading.teacher`). Episodes start flat
 with ``max_holding * P_start`` in cash, so "fully long" is 100 % invested.
 
 Observation (float32): ``[state features | context features | market class | one-hot previous
-position]`` (:class:`~streammoe.control.macrohft.features.ObsLayout`). ``info`` carries
+position]`` (:class:`~streammoe_envs.trading.features.ObsLayout`). ``info`` carries
 ``position``, ``position_index``, ``cash``, ``value``, ``bar`` and, with ``teacher=True``,
 ``teacher_q``: the dynamic-programming optimal Q-row for the current bar and position.
 
@@ -22,14 +22,14 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-
-from streammoe.control.macrohft.data import synthetic_market
-from streammoe.control.macrohft.features import FeatureSet, ObsLayout, build_features
-from streammoe.control.macrohft.teacher import teacher_q_table, transition_rewards
+from streammoe_envs import TRADING_ID
+from streammoe_envs.trading.data import synthetic_market
+from streammoe_envs.trading.features import FeatureSet, ObsLayout, build_features
+from streammoe_envs.trading.teacher import teacher_q_table, transition_rewards
 
 __all__ = ["TradingEnv"]
 
-ENV_ID = "streammoe/Trading-v0"
+ENV_ID = TRADING_ID
 
 
 class TradingEnv(gym.Env):
@@ -141,6 +141,3 @@ class TradingEnv(gym.Env):
         self._done = truncated
         return self.observation(self._t, a), reward, False, truncated, self._info()
 
-
-if ENV_ID not in gym.registry:
-    gym.register(id=ENV_ID, entry_point="envs.trading:TradingEnv")
