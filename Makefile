@@ -10,10 +10,19 @@ ARGS ?=
 
 .PHONY: run test lint install clean
 
+PIP = $(BIN)/python -m pip install --quiet --disable-pip-version-check
+
+# Re-runs when pyproject.toml changes, into the existing venv. An in-place upgrade of mujoco 3.x
+# to 4.x (split into mujoco + mujoco-core + mujoco-studio) deletes files the new mujoco-core just
+# wrote, leaving `import mujoco` broken; so when mujoco does not import, its distributions are
+# reinstalled at the versions pip resolved. The last line fails the install unless the venv works.
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev,data]"
+	$(PIP) "$(TORCH_SPEC)"
+	$(PIP) -e ".[dev,data,cluster]"
+	$(BIN)/python -c "import mujoco" 2>/dev/null || $(PIP) --force-reinstall --no-deps \
+	  $$($(BIN)/python -m pip list --format=freeze --disable-pip-version-check | grep -iE '^mujoco(-core|-studio)?==')
+	$(BIN)/python -c "import mujoco, torch, streammoe, streammoe_envs, hydra_plugins.hydra_submitit_launcher"
 	touch $@
 
 install: $(BIN)/.installed

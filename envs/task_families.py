@@ -130,6 +130,14 @@ class CheetahVelEnv(HalfCheetahEnv):
         return obs, {**info, "task": self.task}
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        action = np.asarray(action, dtype=np.float64)
+        shape = self.action_space.shape
+        if action.size != int(np.prod(shape)):
+            raise ValueError(f"CheetahVel action must have {int(np.prod(shape))} entries (one per joint), "
+                             f"got shape {action.shape}")
+        action = action.reshape(shape)
+        if not np.all(np.isfinite(action)):  # would poison the physics state and give a NaN reward
+            raise ValueError(f"CheetahVel action contains NaN or inf: {action.tolist()}")
         obs, _, terminated, truncated, info = super().step(action)
         velocity = float(info["x_velocity"])
         ctrl = self._ctrl_cost_weight * float(np.square(action).sum())

@@ -58,7 +58,7 @@ def collect(sweep_dir: Path) -> dict[str, dict[str, list[dict[str, float]]]]:
     out: dict[str, dict[str, list[dict[str, float]]]] = {}
     for metrics_file in sorted(sweep_dir.glob("*/metrics.json")):
         cfg = yaml.safe_load((metrics_file.parent / "config_resolved.yaml").read_text())
-        series = cfg["data"].get("path") or cfg["data"]["name"]
+        series = cfg["data"]["path"] or cfg["data"]["name"]
         m = json.loads(metrics_file.read_text())
         prefixes = {"macrohft": "", "buy_and_hold": "baseline_", "macd": "macd_", "ddqn": "ddqn_"}
         prefixes.update({k[: -len("_sharpe")]: k[: -len("sharpe")] for k in m
@@ -77,14 +77,14 @@ def run_ablations(sweep_dir: Path, ablation_dir: Path, overrides: list[str]) -> 
     import yaml
 
     out: dict[str, dict[str, list[dict]]] = {}
-    for run in sorted(p.parent for p in sweep_dir.glob("*/macrohft.pt")):
+    for run in sorted(p.parent for p in sweep_dir.glob("*/macrohft.safetensors")):
         cfg = yaml.safe_load((run / "config_resolved.yaml").read_text())
-        series, seed = cfg["data"].get("path") or cfg["data"]["name"], cfg["seed"]
+        series, seed = cfg["data"]["path"] or cfg["data"]["name"], cfg["seed"]
         for name, override in ABLATIONS.items():
             target = ablation_dir / f"{series}_seed{seed}_{name}"
             if not (target / "metrics.json").is_file():
                 cmd = [sys.executable, str(ROOT / "scripts" / "run.py"), "experiment=macrohft",
-                       f"data={series}", f"seed={seed}", f"macrohft.resume_from='{run / 'macrohft.pt'}'",
+                       f"data={series}", f"seed={seed}", f"macrohft.resume_from='{run / 'macrohft.safetensors'}'",
                        override, f"hydra.run.dir={target}", *overrides]
                 print("running:", " ".join(cmd), flush=True)
                 subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)

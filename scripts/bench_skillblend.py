@@ -48,12 +48,12 @@ def bench_one(task: str, seed: int, skills_dir: str, timesteps: int, n_envs: int
     import streammoe  # noqa: F401  (MUJOCO_GL)
     from streammoe.control.skillblend.evaluate import evaluate
     from streammoe.control.skillblend.experiment import make_model, make_vec, model_policy_fn
-    from streammoe.control.skillblend.skills import load_skill
+    from streammoe.control.skillblend.skills import load_skill, skill_path
     from streammoe.devices import seed_everything
 
     c = _compose(overrides).skillblend
     names = list(c.skills.names)
-    skills = [load_skill(Path(skills_dir) / f"{n}.pt") for n in names]
+    skills = [load_skill(skill_path(skills_dir, n)) for n in names]
     class Curve(BaseCallback):
         """Noise-off evaluation every ``curve_every`` env steps, at rollout boundaries."""
 
@@ -104,10 +104,10 @@ def throughput_one(task: str, skills_dir: str, chunk: int, rounds: int, n_envs: 
 
     import streammoe  # noqa: F401
     from streammoe.control.skillblend.experiment import make_model, make_vec
-    from streammoe.control.skillblend.skills import load_skill
+    from streammoe.control.skillblend.skills import load_skill, skill_path
 
     c = _compose(overrides).skillblend
-    skills = [load_skill(Path(skills_dir) / f"{n}.pt") for n in c.skills.names]
+    skills = [load_skill(skill_path(skills_dir, n)) for n in c.skills.names]
     models = {m: make_model(m, make_vec(ENV_IDS[task], n_envs, seed), skills, c, seed, device)
               for m in ("blend", "flat")}
     seconds = dict.fromkeys(models, 0.0)
@@ -173,7 +173,7 @@ def aggregate(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[st
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--skills-dir", required=True, help="folder with <skill>.pt for every skill in skillblend.skills.names (experiment=skillblend_skills)")
+    p.add_argument("--skills-dir", required=True, help="folder with <skill>.safetensors for every skill in skillblend.skills.names (experiment=skillblend_skills)")
     p.add_argument("--tasks", nargs="+", default=["far_reach", "button", "box_push"])
     p.add_argument("--methods", nargs="+", default=["blend", "hard", "flat"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -197,7 +197,7 @@ def main() -> None:
     p.add_argument("--throughput-rounds", type=int, default=4)
     args = p.parse_args()
     names = list(_compose(args.override).skillblend.skills.names)
-    missing = [f"{n}.pt" for n in names if not (Path(args.skills_dir) / f"{n}.pt").is_file()]
+    missing = [f"{n}.safetensors" for n in names if not (Path(args.skills_dir) / f"{n}.safetensors").is_file()]
     if missing:
         raise SystemExit(f"{args.skills_dir} lacks {', '.join(missing)}: run "
                          "`python scripts/run.py experiment=skillblend_skills` first")

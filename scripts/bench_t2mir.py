@@ -121,7 +121,7 @@ def probe(c: Any, run_dir: Path, repeats: int = 4) -> list[dict[str, Any]]:
     hists = [collect(fam, task, c.n_episodes, 999 + i, **kwargs) for i, task in enumerate(fam.test_tasks)]
     picks = {"none": None, "first (exploration)": 0, "middle": c.n_episodes // 2, "last": c.n_episodes - 1}
     rows = []
-    for ck in sorted((run_dir / "checkpoints").glob("*.pt")):
+    for ck in sorted((run_dir / "checkpoints").glob("*.safetensors")):
         model, _ = load_checkpoint(ck)
         for label, ep in picks.items():
             ctx = None if ep is None else History(

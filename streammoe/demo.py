@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from streammoe.demo_config import validated
 from streammoe.devices import resolve_device
 from streammoe.routing import (
     MLPRouter,
@@ -44,6 +45,7 @@ def sample(n: int, slopes: torch.Tensor, bias: torch.Tensor, noise: float, g: to
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train the mixture and the linear baseline; write metrics and the region/expert plot."""
+    validated(cfg)  # every key's type and range, device (demo_config.py)
     c = cfg.demo
     device = resolve_device(cfg.device)
     slopes, bias = make_task(c.n_regions, cfg.seed)
@@ -54,7 +56,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     opt = torch.optim.Adam([*router.parameters(), *experts.parameters(), *baseline.parameters()], lr=c.lr)
     gate = get_gate(c.gate)
     gate_kwargs = {"k": c.top_k} if c.gate == "top_k" else {}
-    rec = RunRecorder(run_dir)
+    rec = RunRecorder(run_dir, tensorboard=cfg.tensorboard)
     stats = RoutingStats(c.n_experts, window=c.batch_size)
 
     def mixture(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

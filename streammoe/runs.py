@@ -1,5 +1,6 @@
-"""What every run writes: figures over time (``metrics.csv``), final figures (``metrics.json``),
-plots, and a readable table on stdout; plus the progress bar used by long loops.
+"""What every run writes: figures over time (``metrics.csv``, and with ``tensorboard=True`` the same
+numbers as TensorBoard scalars in ``tensorboard/``), final figures (``metrics.json``), plots, and
+a readable table on stdout; plus the progress bar used by long loops.
 
 >>> import tempfile, pathlib
 >>> d = pathlib.Path(tempfile.mkdtemp())
@@ -24,7 +25,7 @@ from typing import Any, TypeVar
 import numpy as np
 from tqdm.auto import tqdm
 
-__all__ = ["RunRecorder", "format_table", "progress", "pyplot", "save_figure", "to_jsonable"]
+__all__ = ["STEP_KEYS", "TENSORBOARD_DIR", "RunRecorder", "format_table", "progress", "pyplot", "save_figure", "to_jsonable"]
 
 T = TypeVar("T")
 
@@ -77,23 +78,51 @@ def format_table(rows: Sequence[Mapping[str, Any]], title: str = "", floatfmt: s
     return "\n".join(out)
 
 
+#: Keys that give a ``log`` row its TensorBoard step, first present one wins.
+STEP_KEYS = ("step", "global_step", "env_steps", "timesteps", "instance", "episode", "epoch")
+TENSORBOARD_DIR = "tensorboard"
+
+
 class RunRecorder:
     """Writes ``metrics.csv`` (one row per ``log`` call) and ``metrics.json`` (``finish``).
 
     Columns are fixed by the first ``log`` call; a later call with a new key is an error rather
     than a silently ragged CSV. Rows go to disk as they come (nothing kept in memory), so a
     crashed run keeps its curve.
+
+    With ``tensorboard=True`` every finite numeric value of a row is also written as a TensorBoard
+    scalar into ``<run_dir>/tensorboard/`` (:attr:`tensorboard_dir`; SB3 models write theirs
+    below it, see :meth:`sb3_tensorboard_log`). The row's string values name the curve
+    (``phase="skill_walk"`` and ``episode_return=3.0`` give the tag ``skill_walk/episode_return``);
+    its step is the first of :data:`STEP_KEYS` that holds a number, else the number of earlier
+    rows with the same strings.
     """
 
-    def __init__(self, run_dir: str | Path) -> None:
+    def __init__(self, run_dir: str | Path, tensorboard: bool = False) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.csv_path = self.run_dir / "metrics.csv"
         self.json_path = self.run_dir / "metrics.json"
         self._columns: list[str] | None = None
+        self.tensorboard_dir: Path | None = self.run_dir / TENSORBOARD_DIR if tensorboard else None
+        self._writer: Any = None
+        self._rows_per_prefix: dict[str, int] = {}
+
+    def sb3_tensorboard_log(self, name: str = "") -> str | None:
+        """``tensorboard_log`` for an SB3 model: this run's TensorBoard folder (``name``: a
+        subfolder, e.g. the training phase, so SB3's ``PPO_1/`` says whose it is), or None when
+        TensorBoard is off."""
+        if self.tensorboard_dir is None:
+            return None
+        return str(self.tensorboard_dir / name if name else self.tensorboard_dir)
 
     def log(self, **values: Any) -> None:
-        """Append one row to ``metrics.csv``."""
+        """Append one row to ``metrics.csv`` (and its numbers to TensorBoard when on)."""
+        self.log_row(values)
+
+    def log_row(self, values: Mapping[str, Any], tensorboard: bool = True) -> None:
+        """:meth:`log` with the row as a mapping; ``tensorboard=False`` writes the CSV row only
+        (e.g. rows of an earlier run copied into a resumed one, whose events exist already)."""
         row = {k: to_jsonable(v) for k, v in values.items()}
         if self._columns is None:
             self._columns = list(row)
@@ -104,9 +133,40 @@ class RunRecorder:
             raise ValueError(f"metrics.csv columns are {self._columns}; new keys {sorted(unknown)}")
         with self.csv_path.open("a", newline="") as f:
             csv.DictWriter(f, self._columns, restval="").writerow(row)
+        if tensorboard and self.tensorboard_dir is not None:
+            self._write_scalars(row)
+
+    def _write_scalars(self, row: Mapping[str, Any]) -> None:
+        def number(v: Any) -> float | None:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            return float(v) if ok else None
+
+        prefix = "/".join(str(v) for v in row.values() if isinstance(v, str) and v)
+        step_key = next((k for k in STEP_KEYS if number(row.get(k)) is not None), None)
+        if step_key is None:
+            step = self._rows_per_prefix.get(prefix, 0)
+            self._rows_per_prefix[prefix] = step + 1
+        else:
+            step = int(row[step_key])
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter  # imported only when switched on
+
+            self._writer = SummaryWriter(log_dir=str(self.tensorboard_dir), flush_secs=30)
+        for key, value in row.items():
+            x = number(value)
+            if x is not None and key != step_key:
+                self._writer.add_scalar(f"{prefix}/{key}" if prefix else key, x, global_step=step)
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard writer (``finish`` does this; safe to call twice)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
     def finish(self, metrics: Mapping[str, Any], echo: bool = True, title: str = "") -> dict[str, Any]:
-        """Write ``metrics.json``; print scalar figures as a table when ``echo``."""
+        """Write ``metrics.json`` (and close the TensorBoard writer); print scalar figures as a
+        table when ``echo``."""
+        self.close()
         clean = to_jsonable(dict(metrics))
         self.json_path.write_text(json.dumps(clean, indent=2, sort_keys=False) + "\n")
         if echo:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -9,14 +10,21 @@ import pandas as pd
 import pytest
 from streammoe_envs.trading.data import (
     BUILTIN_DATASETS,
+    bar_spacing,
     bars_per_year,
+    check_bar_frequency,
     chronological_splits,
     load_builtin,
     load_data,
     load_ohlcv_csv,
     synthetic_market,
 )
-from streammoe_envs.trading.features import Standardiser, build_features, raw_features
+from streammoe_envs.trading.features import (
+    Standardiser,
+    build_features,
+    raw_features,
+    required_bars,
+)
 
 from streammoe.control.macrohft.regimes import (
     REGIMES,
@@ -177,3 +185,132 @@ def test_builtin_dataset_without_its_package_says_how_to_install(monkeypatch) ->
     monkeypatch.setitem(data.BUILTIN_DATASETS, "fake", fake)
     with pytest.raises(ModuleNotFoundError, match=r"streammoe\[data\]"):
         load_builtin("fake")
+
+
+# ----- bad user files: each fails at load time, naming the file, the column/row and the fix ------
+
+def _hourly_csv(path: Path, n: int = 200, freq: str = "1h", **edits) -> Path:
+    df, _ = synthetic_market(n, seed=3, freq=freq)
+    out = pd.DataFrame({"Date": df.index.strftime("%Y-%m-%d %H:%M"), "Open": df.open, "High": df.high,
+                        "Low": df.low, "Close": df.close, "Volume": df.volume}).reset_index(drop=True)
+    for fn in edits.values():
+        out = fn(out)
+    out.to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda d: d.assign(High=d.High.where(d.index != 7, d.Low * 0.9)),
+     r"bad.csv: row 8 \(2020-01-01 07:00:00\): high 'High' \(high\) .* is below low 'Low' \(low\).*"
+     r"data.columns.high"),
+    (lambda d: d.assign(High=d.High.where(d.index != 4, d[["Open", "Close"]].min(axis=1))),
+     r"row 5 .*high 'High' \(high\) .* is below the bar's open/close"),
+    (lambda d: d.assign(Volume=d.Volume.where(d.index != 2, -5.0)),
+     r"bad.csv: column 'Volume' \(volume\) row 3 .* is -5.0: volume must be >= 0"),
+    (lambda d: d.assign(Close=d.Close.astype(object).where(d.index != 3, "inf")),
+     r"bad.csv: column 'Close' \(close\) row 4 .* is inf: prices and volumes must be finite"),
+    (lambda d: d.assign(Open=d.Open.astype(object).where(d.index != 5, "12,5")),
+     r"bad.csv: column 'Open' row 6 is '12,5', not a number \(1 such cells\); .*decimal comma"),
+    (lambda d: d.assign(Low=d.Low.astype(object).where(d.index != 5, "1.2.3")),
+     r"column 'Low' row 6 is '1.2.3', not a number.*fix or drop that row"),
+    (lambda d: d.assign(Close=d.Close.where(d.index != 9, 0.0)),
+     r"column 'Close' \(close\) row 10 .* is 0.0: prices must be positive"),
+    (lambda d: d.assign(Close=d.Close.where(d.index != 7)),
+     r"NaN values in 1 rows \(a gap\), first row 8 .* column 'Close' \(close\)"),
+    (lambda d: d.assign(Date=d.Date.where(d.index != 3, "yesterday")),
+     r"cannot parse column 'Date' .*first bad value 'yesterday' in row 4.*data.date_format"),
+])
+def test_bad_cells_name_file_column_row_and_fix(tmp_path: Path, edit, match: str) -> None:
+    path = _hourly_csv(tmp_path / "bad.csv", edit=edit)
+    with pytest.raises(ValueError, match=match):
+        load_ohlcv_csv(path, "Date", date_format="%Y-%m-%d %H:%M")
+
+
+def test_empty_header_only_binary_and_garbled_files(tmp_path: Path) -> None:
+    cases = {
+        "empty.csv": (b"", "empty.csv: the file is empty"),
+        "blank.csv": (b"\n\n  \n", "blank.csv: the file is empty"),
+        "header.csv": (b"Date,Open,High,Low,Close,Volume\n", "header.csv: the file has a header but no data rows"),
+        "binary.csv": (b"PK\x03\x04\x14\x00\x06\x00" + bytes(range(256)) * 4, "binary.csv: this is a binary file"),
+        "latin.csv": ("Date,Open\n2020-01-01,\xe9t\xe9\n".encode("latin-1") + b"x" * 20,
+                      r"latin.csv: not UTF-8 text \(byte 0xe9 at offset 21\); save the file as UTF-8"),
+        "fake.csv.gz": (b"Date,Open\n", r"fake.csv.gz: cannot read the file"),
+        # an unquoted decimal comma adds a field to the row
+        "comma.csv": (b"Date,Open,High,Low,Close,Volume\n2020-01-01,1,2,1,1,5\n2020-01-02,1,2,1,12,5,5\n",
+                      r"comma.csv: not a readable comma-separated file .*line 3.*decimal comma"),
+        "semicolon.csv": (b"Date;Open;High;Low;Close;Volume\n2020-01-01;1;2;1;1;5\n",
+                          r"semicolon.csv: missing columns .*not comma-separated"),
+    }
+    for name, (content, match) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=match):
+            load_ohlcv_csv(tmp_path / name)
+
+
+def test_missing_time_column_says_how_to_do_without(tmp_path: Path) -> None:
+    path = _hourly_csv(tmp_path / "t.csv", edit=lambda d: d.drop(columns=["Date"]))
+    with pytest.raises(ValueError, match=r"missing columns \['Date'\].*data.time_column=null"):
+        load_ohlcv_csv(path)
+    with pytest.raises(ValueError, match="data.time_column=null .* needs data.bar_frequency"):
+        load_ohlcv_csv(path, None)
+    # no time column: rows in file order, bar_frequency apart; nothing to check the spacing against
+    df = load_data({"path": str(path), "time_column": None, "columns": {}, "bar_frequency": "1h",
+                    "hours_per_day": 24})
+    assert len(df) == 200 and (np.diff(df.index.asi8) == np.diff(df.index.asi8)[0]).all()
+    assert df.index[1] - df.index[0] == pd.Timedelta("1h")
+    with pytest.raises(ValueError, match="only volume may be absent"):
+        load_ohlcv_csv(path, None, {"close": None}, bar_frequency="1h")
+
+
+def test_short_file_says_how_many_bars_the_windows_and_splits_need(tmp_path: Path) -> None:
+    path = _hourly_csv(tmp_path / "short.csv", n=5)
+    df = load_data({"path": str(path), "time_column": "Date", "columns": {}, "bar_frequency": "1h"})
+    with pytest.raises(ValueError, match=r"short.csv: 5 bars, but the configured windows and splits need at "
+                                         r"least 72: 60 warm-up bars .*market_window=60.* \+ 12 bars for "
+                                         r"splits train=0.7 / val=0.15"):
+        build_features(df, 0.7, 0.15, context_window=20, market_window=60)
+    assert required_bars(0.7, 0.15, 20, 60) == (60, 72)
+    warm, need = required_bars(0.7, 0.15, 20, 60, min_train_bars=24)
+    assert need > 72
+    ok = synthetic_market(need, seed=0)[0]
+    build_features(ok, 0.7, 0.15, 20, 60, min_train_bars=24)  # exactly enough is enough
+    with pytest.raises(ValueError, match=f"synthetic: {need - 1} bars.*need at least {need}.*train >= 24"):
+        build_features(ok.iloc[:-1], 0.7, 0.15, 20, 60, min_train_bars=24)
+    one = tmp_path / "one.csv"
+    one.write_text("Date,Open,High,Low,Close,Volume\n2020-01-01,1,2,1,1,5\n")
+    with pytest.raises(ValueError, match="one.csv: need at least 2 bars, got 1"):
+        load_ohlcv_csv(one)
+
+
+def test_bar_spacing_is_inferred_and_checked_against_bar_frequency(tmp_path: Path) -> None:
+    hourly = _hourly_csv(tmp_path / "hourly.csv", n=300)
+    cfg = {"path": str(hourly), "time_column": "Date", "columns": {}, "date_format": None,
+           "bar_frequency": "1d", "bars_per_year": None, "trading_days": 252, "hours_per_day": 24}
+    with pytest.raises(ValueError, match=r"hourly.csv: the bars are 1h apart .* but data.bar_frequency=1d; "
+                                         r"set data.bar_frequency=1h .*6048 instead of 252 bars per year"):
+        load_data(cfg)
+    assert len(load_data({**cfg, "bar_frequency": "1h"})) == 300
+    assert len(load_data({**cfg, "bars_per_year": 6048})) == 300  # an explicit factor wins, unchecked
+    # a daily file with weekends and holidays is daily (median gap), and not hourly
+    days = pd.bdate_range("2020-01-01", periods=120).delete([10, 11, 40])
+    assert bar_spacing(days) == pd.Timedelta("1D")
+    daily = _write_csv(tmp_path / "daily.csv", n=60)
+    assert len(load_data({**cfg, "path": str(daily)})) == 60
+    with pytest.raises(ValueError, match=r"daily.csv: the bars are 1d apart .*set data.bar_frequency=1d"):
+        load_data({**cfg, "path": str(daily), "bar_frequency": "1h"})
+    # hourly stock bars (7 per trading day) annualised with 24-hour days
+    stock = pd.DatetimeIndex([d + pd.Timedelta(hours=h) for d in pd.bdate_range("2021-01-04", periods=40)
+                              for h in range(10, 17)])
+    df = synthetic_market(len(stock), seed=0)[0].set_axis(stock)
+    with pytest.raises(ValueError, match=r"7 bars per trading day .* data.hours_per_day=24 means 24; "
+                                         r"set data.hours_per_day=7"):
+        check_bar_frequency(df, "1h", 24, "stock.csv")
+    check_bar_frequency(df, "1h", 7)
+    check_bar_frequency(df, "1h", 6.5)
+
+
+def test_builtin_data_agree_with_their_configs() -> None:
+    pytest.importorskip("gym_anytrading")
+    for name, ds in BUILTIN_DATASETS.items():
+        if importlib.util.find_spec(ds.package) is not None:
+            check_bar_frequency(load_builtin(name), ds.bar_frequency, 24, name)

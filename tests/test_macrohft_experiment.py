@@ -39,7 +39,7 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 def test_smoke_run_writes_every_artefact(smoke_run: tuple[Path, dict]) -> None:
     run_dir, metrics = smoke_run
     for name in ("metrics.json", "metrics.csv", "equity.png", "weights.png", "regimes.png",
-                 "test_weights.csv", "macrohft.pt", "config_resolved.yaml"):
+                 "test_weights.csv", "macrohft.safetensors", "config_resolved.yaml"):
         assert (run_dir / name).is_file(), name
     saved = json.loads((run_dir / "metrics.json").read_text())
     for key in METRIC_KEYS:
@@ -59,7 +59,7 @@ def test_smoke_run_writes_every_artefact(smoke_run: tuple[Path, dict]) -> None:
 
 def test_checkpoint_reloads_and_reproduces_the_test_metrics(smoke_run: tuple[Path, dict]) -> None:
     run_dir, metrics = smoke_run
-    model = load_checkpoint(run_dir / "macrohft.pt")
+    model = load_checkpoint(run_dir / "macrohft.safetensors")
     cfg = compose_config(SMOKE)
     c = cfg.macrohft
     fs = build_features(load_data(dict(cfg.data)), c.splits.train, c.splits.val,
@@ -78,7 +78,7 @@ def test_checkpoint_reloads_and_reproduces_the_test_metrics(smoke_run: tuple[Pat
 def test_resume_from_checkpoint_gives_the_same_result(smoke_run: tuple[Path, dict],
                                                       tmp_path: Path) -> None:
     run_dir, metrics = smoke_run
-    resumed = run_experiment(compose_config([*SMOKE, f"macrohft.resume_from={run_dir / 'macrohft.pt'}"]),
+    resumed = run_experiment(compose_config([*SMOKE, f"macrohft.resume_from={run_dir / 'macrohft.safetensors'}"]),
                              tmp_path)
     for key, value in metrics.items():
         assert resumed[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
@@ -97,7 +97,7 @@ def test_ablation_switches_run(tmp_path: Path, overrides: list[str]) -> None:
     if "macrohft.mixing=uniform" in overrides:
         w = pd.read_csv(tmp_path / "test_weights.csv").filter(like="w_").to_numpy()
         np.testing.assert_allclose(w, 1 / 6)
-        assert load_checkpoint(tmp_path / "macrohft.pt").memory is None
+        assert load_checkpoint(tmp_path / "macrohft.safetensors").memory is None
 
 
 def test_run_on_a_users_csv_file(tmp_path: Path) -> None:

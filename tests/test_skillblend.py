@@ -17,6 +17,7 @@ from streammoe_envs.skillblend import ACTION_DIM, ENV_IDS, PROPRIO_DIM, PROPRIO_
 from streammoe_envs.skillblend.skill_envs import ReachEnv, WalkEnv
 
 import streammoe  # noqa: F401  (sets MUJOCO_GL before mujoco loads)
+from streammoe import checkpoint
 from streammoe.cli import run_experiment
 from streammoe.control.skillblend import (
     MLPSkill,
@@ -25,6 +26,7 @@ from streammoe.control.skillblend import (
     save_skill,
     skill_from_sb3,
 )
+from streammoe.control.skillblend import skills as skills_module
 from streammoe.control.skillblend.experiment import make_model
 
 SMALL_PPO = {"n_steps": 32, "batch_size": 32, "n_epochs": 2, "learning_rate": 1e-3}
@@ -60,14 +62,17 @@ def test_bad_skill_checkpoints_give_clear_errors(tmp_path: Path) -> None:
     (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a readable skill checkpoint"):
         load_skill(tmp_path / "corrupt.pt")
-    torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
+    checkpoint.save(tmp_path / "foreign.pt", {"state_dict": {}}, kind=skills_module.CHECKPOINT_KIND,
+                    version=skills_module.CHECKPOINT_VERSION)
     with pytest.raises(ValueError, match="missing"):
         load_skill(tmp_path / "foreign.pt")
     skill = make_skills()[0]
     save_skill(skill, tmp_path / "walk.pt")
-    ckpt = torch.load(tmp_path / "walk.pt", weights_only=True)
+    ckpt = checkpoint.load(tmp_path / "walk.pt", kind=skills_module.CHECKPOINT_KIND,
+                           version=skills_module.CHECKPOINT_VERSION).state
     ckpt["config"]["hidden"] = [8]
-    torch.save(ckpt, tmp_path / "mismatch.pt")
+    checkpoint.save(tmp_path / "mismatch.pt", ckpt, kind=skills_module.CHECKPOINT_KIND,
+                    version=skills_module.CHECKPOINT_VERSION)
     with pytest.raises(ValueError, match="do not fit"):
         load_skill(tmp_path / "mismatch.pt")
 
@@ -297,7 +302,7 @@ def test_smoke_trains_skills_then_blender_and_writes_everything(make_config, tmp
         assert np.isfinite(metrics[key]), key
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["final_error_mean"] == pytest.approx(metrics["final_error_mean"])
-    assert (tmp_path / "skills" / "walk.pt").is_file() and (tmp_path / "skills" / "reach.pt").is_file()
+    assert (tmp_path / "skills" / "walk.safetensors").is_file() and (tmp_path / "skills" / "reach.safetensors").is_file()
     assert (tmp_path / "blend_weights.png").stat().st_size > 1000
     weights = np.load(tmp_path / "blend_weights.npz")["weights"]
     assert weights.shape == (16, 2, ACTION_DIM)
@@ -311,7 +316,7 @@ def test_smoke_reuses_a_skills_dir_and_runs_baselines(make_config, tmp_path: Pat
     cfg = make_config(["experiment=skillblend_skills", "skillblend/skills=smoke"])
     out = run_experiment(cfg, skills_run)
     assert np.isfinite(out["walk_final_error_mean"]) and out["reach_video_frames"] == 17
-    walk_before = (skills_run / "skills" / "walk.pt").stat().st_mtime_ns
+    walk_before = (skills_run / "skills" / "walk.safetensors").stat().st_mtime_ns
     for method in ("hard", "flat"):
         cfg = make_config(["experiment=skillblend_smoke", f"skillblend.method={method}",
                            "skillblend.task=button", f"skillblend.skills_dir={skills_run / 'skills'}"])
@@ -319,7 +324,7 @@ def test_smoke_reuses_a_skills_dir_and_runs_baselines(make_config, tmp_path: Pat
         assert m["method"] == method and np.isfinite(m["final_error_mean"])
         assert (tmp_path / method / f"button_{method}.mp4").is_file()
         assert (tmp_path / method / "blend_weights.png").is_file() == (method == "hard")
-    assert (skills_run / "skills" / "walk.pt").stat().st_mtime_ns == walk_before  # reused, not retrained
+    assert (skills_run / "skills" / "walk.safetensors").stat().st_mtime_ns == walk_before  # reused, not retrained
     assert not (tmp_path / "hard" / "skills").exists()
 
 
@@ -372,7 +377,7 @@ def test_shipped_skills_still_solve_their_env(name: str) -> None:
     from streammoe.control.skillblend.experiment import skill_policy_fn
     from streammoe.control.skillblend.skills import load_skill
 
-    skill = load_skill(SHIPPED_SKILLS / f"{name}.pt")
+    skill = load_skill(SHIPPED_SKILLS / f"{name}.safetensors")
     metrics = evaluate(skill_policy_fn(skill), ENV_IDS[name], n_episodes=3, seed=10_000)
     if name == "walk_velocity":  # the command may change a few steps before the end: a transient
         assert metrics["success_rate"] >= 2 / 3 and metrics["final_error_mean"] < 0.1

@@ -16,14 +16,15 @@ from streammoe_envs.skillblend import ENV_IDS
 from streammoe.cli import run_experiment
 from streammoe.control.skillblend import checkpoint as ckpt_mod
 from streammoe.control.skillblend.checkpoint import (
-    CheckpointCallback,
+    PeriodicCheckpoint,
     find_checkpoint_dir,
     latest_checkpoint,
     learn_resumable,
-    load_checkpoint,
+    restore_checkpoint,
     save_checkpoint,
 )
 from streammoe.control.skillblend.experiment import make_vec
+from streammoe.control.skillblend.skills import load_skill
 
 # Three rollouts of 2 envs x 32 steps in every PPO phase, so a run can stop in the middle of each.
 SMALL = ["experiment=skillblend_smoke", "skillblend.video_episodes=0", "skillblend.timesteps=192",
@@ -36,15 +37,15 @@ class Interrupted(Exception):
 
 def _interrupt_after(monkeypatch: pytest.MonkeyPatch, checkpoint_name: str) -> None:
     """Make the run die right after writing ``checkpoint_name``."""
-    original = CheckpointCallback.save
+    original = PeriodicCheckpoint.save
 
-    def save_then_die(self: CheckpointCallback) -> Path:
+    def save_then_die(self: PeriodicCheckpoint) -> Path:
         path = original(self)
         if path.name == checkpoint_name:
             raise Interrupted(path.name)
         return path
 
-    monkeypatch.setattr(CheckpointCallback, "save", save_then_die)
+    monkeypatch.setattr(PeriodicCheckpoint, "save", save_then_die)
 
 
 def _params(path: Path) -> dict[str, torch.Tensor]:
@@ -57,19 +58,19 @@ def test_run_stopped_twice_and_resumed_equals_uninterrupted(make_config, tmp_pat
 
     run_dir = tmp_path / "stopped"
     with monkeypatch.context() as m:  # dies in the reach skill's training, after its 1st rollout
-        _interrupt_after(m, "skill_reach_0000000064.ckpt")
+        _interrupt_after(m, "skill_reach_0000000064.safetensors")
         with pytest.raises(Interrupted):
             run_experiment(make_config(SMALL), run_dir)
-    assert not (run_dir / "skills" / "reach.pt").exists()
+    assert not (run_dir / "skills" / "reach.safetensors").exists()
     with monkeypatch.context() as m:  # resumes, then dies in the blender's training
-        _interrupt_after(m, "task_far_reach_blend_0000000128.ckpt")
+        _interrupt_after(m, "task_far_reach_blend_0000000128.safetensors")
         with pytest.raises(Interrupted):
             run_experiment(make_config([*SMALL, "skillblend.resume=auto"]), run_dir)
     out = run_experiment(make_config([*SMALL, "skillblend.resume=auto"]), run_dir)
 
     for name in ("walk", "reach"):
-        a = torch.load(tmp_path / "ref" / "skills" / f"{name}.pt", weights_only=False)["state_dict"]
-        b = torch.load(run_dir / "skills" / f"{name}.pt", weights_only=False)["state_dict"]
+        a = load_skill(tmp_path / "ref" / "skills" / f"{name}.safetensors").state_dict()
+        b = load_skill(run_dir / "skills" / f"{name}.safetensors").state_dict()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     pa, pb = _params(tmp_path / "ref" / "model.zip"), _params(run_dir / "model.zip")
     assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
@@ -90,50 +91,55 @@ def test_checkpoint_resume_continues_learn_bitwise(tmp_path: Path) -> None:
     meta = {"phase": "unit", "env_id": ENV_IDS["button"], "n_envs": 2, "seed": 3}
     ref = learn_resumable(fresh(), 160, [])
     stopped = fresh()
-    learn_resumable(stopped, 96, [CheckpointCallback(tmp_path, meta, every=2)])
+    learn_resumable(stopped, 96, [PeriodicCheckpoint(tmp_path, meta, every=2)])
     path = latest_checkpoint(tmp_path, "unit")
-    assert path is not None and path.name == "unit_0000000096.ckpt"
+    assert path is not None and path.name == "unit_0000000096.safetensors"
+    resumed = fresh()  # a new process builds the model from the run's config, then restores
     # scramble the global RNGs as a new process would have them
     torch.manual_seed(123)
     np.random.seed(123)  # noqa: NPY002  (the legacy global RNG SB3 draws from)
-    resumed = learn_resumable(load_checkpoint(path, "cpu", expect=meta), 160, [])
+    resumed = learn_resumable(restore_checkpoint(resumed, path, expect=meta), 160, [])
     assert resumed.num_timesteps == ref.num_timesteps == 160
     a, b = ref.policy.state_dict(), resumed.policy.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert np.array_equal(ref._last_obs, resumed._last_obs)
 
 
+def _tiny(seed: int = 0) -> PPO:
+    return PPO("MlpPolicy", make_vec(ENV_IDS["far_reach"], 1, seed, episode_steps=8), n_steps=8, batch_size=8,
+               n_epochs=1, seed=seed, device="cpu", policy_kwargs={"net_arch": [4]})
+
+
 def test_checkpoints_are_pruned_and_found_by_phase(tmp_path: Path) -> None:
-    model = PPO("MlpPolicy", make_vec(ENV_IDS["far_reach"], 1, 0, episode_steps=8), n_steps=8, batch_size=8,
-                n_epochs=1, seed=0, device="cpu", policy_kwargs={"net_arch": [4]})
+    model = _tiny()
     meta = {"phase": "p", "env_id": ENV_IDS["far_reach"], "n_envs": 1, "seed": 0}
-    learn_resumable(model, 40, [CheckpointCallback(tmp_path, meta, every=1, keep=2)])
-    assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["p_0000000032.ckpt", "p_0000000040.ckpt"]
-    assert latest_checkpoint(tmp_path, "p").name == "p_0000000040.ckpt"
+    learn_resumable(model, 40, [PeriodicCheckpoint(tmp_path, meta, every=1, keep=2)])
+    assert sorted(p.name for p in tmp_path.glob("*.safetensors")) == ["p_0000000032.safetensors",
+                                                                      "p_0000000040.safetensors"]
+    assert latest_checkpoint(tmp_path, "p").name == "p_0000000040.safetensors"
     assert latest_checkpoint(tmp_path, "other") is None and latest_checkpoint(None, "p") is None
     assert not list(tmp_path.glob("*.tmp"))  # atomic writes leave no temp files
     # a model that already reached its budget does not train further
-    done = load_checkpoint(tmp_path / "p_0000000040.ckpt", "cpu")
+    done = restore_checkpoint(_tiny(), tmp_path / "p_0000000040.safetensors")
     assert learn_resumable(done, 40, []).num_timesteps == 40
 
 
 def test_bad_checkpoints_and_resume_paths_give_clear_errors(tmp_path: Path) -> None:
-    model = PPO("MlpPolicy", make_vec(ENV_IDS["far_reach"], 1, 0, episode_steps=8), n_steps=8, batch_size=8,
-                n_epochs=1, seed=0, device="cpu", policy_kwargs={"net_arch": [4]})
+    model = learn_resumable(_tiny(), 8, [])
     meta = {"phase": "p", "env_id": ENV_IDS["far_reach"], "n_envs": 1, "seed": 0}
-    good = save_checkpoint(model, tmp_path / "p_0000000000.ckpt", meta)
+    good = save_checkpoint(model, tmp_path / "p_0000000000.safetensors", meta)
     with pytest.raises(ValueError, match="seed=0.*seed=1"):
-        load_checkpoint(good, "cpu", expect={**meta, "seed": 1})
+        restore_checkpoint(_tiny(), good, expect={**meta, "seed": 1})
     with pytest.raises(ValueError, match="phase"):
-        load_checkpoint(good, "cpu", expect={**meta, "phase": "q"})
-    truncated = tmp_path / "p_0000000008.ckpt"
+        restore_checkpoint(_tiny(), good, expect={**meta, "phase": "q"})
+    truncated = tmp_path / "p_0000000008.safetensors"
     truncated.write_bytes(good.read_bytes()[:1000])
     with pytest.raises(ValueError, match="corrupt"):
-        load_checkpoint(truncated, "cpu")
-    foreign = tmp_path / "foreign.ckpt"
+        restore_checkpoint(_tiny(), truncated)
+    foreign = tmp_path / "foreign.safetensors"
     foreign.write_bytes(pickle.dumps({"format": "something else"}))
     with pytest.raises(ValueError, match="not a skillblend PPO checkpoint"):
-        load_checkpoint(foreign, "cpu")
+        restore_checkpoint(_tiny(), foreign)
     # resume paths: off, auto (may be empty), an explicit folder must hold checkpoints
     assert find_checkpoint_dir(None, tmp_path) is None
     assert find_checkpoint_dir("auto", tmp_path / "run") == tmp_path / "run" / ckpt_mod.CHECKPOINT_DIR

@@ -56,6 +56,32 @@ def test_cheetah_vel_reward_is_velocity_tracking() -> None:
     assert env.spec.max_episode_steps == 200
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_cheetah_vel_rejects_non_finite_actions_and_keeps_its_state(bad) -> None:
+    env = gym.make(CHEETAH_VEL_ID, target_velocity=1.0)
+    env.reset(seed=0)
+    env.step(np.full(6, 0.3, np.float32))
+    qpos = env.unwrapped.data.qpos.copy()
+    action = np.zeros(6, np.float32)
+    action[2] = bad
+    with pytest.raises(ValueError, match="CheetahVel action contains NaN or inf"):
+        env.step(action)
+    np.testing.assert_array_equal(env.unwrapped.data.qpos, qpos)  # the physics never saw it
+    obs, r, *_ = env.step(np.zeros(6, np.float32))
+    assert np.isfinite(obs).all() and np.isfinite(r)
+    with pytest.raises(ValueError, match="6 entries"):
+        env.step(np.zeros(5, np.float32))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_point_robot_rejects_non_finite_actions(bad) -> None:
+    env = gym.make(POINT_ROBOT_ID, goal=(0.0, 1.0))
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="2 finite numbers"):
+        env.step(np.array([bad, 0.0], np.float32))
+    assert env.unwrapped._pos.tolist() == [0.0, 0.0]
+
+
 def test_task_family_sets_are_disjoint_and_seeded() -> None:
     fam = task_family("point_robot", 30, 5, task_seed=0)
     assert fam.train_tasks.shape == (30, 2) and fam.test_tasks.shape == (5, 2)

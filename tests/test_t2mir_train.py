@@ -14,7 +14,7 @@ from streammoe_envs.task_families import task_family
 from streammoe.cli import run_experiment
 from streammoe.control.t2mir import train as train_module
 from streammoe.control.t2mir.data import ContextSampler, History, ensure_dataset
-from streammoe.control.t2mir.evaluate import evaluate_in_context
+from streammoe.control.t2mir.evaluate import evaluate_in_context, read_eval_state
 from streammoe.control.t2mir.model import ModelConfig
 from streammoe.control.t2mir.train import TrainConfig, Trainer, load_checkpoint, train_variant
 
@@ -136,7 +136,7 @@ def test_smoke_experiment_end_to_end_and_resume(make_config, tmp_path) -> None:
     curves = metrics["returns_per_episode"]
     assert set(curves) == {"ad", "t2mir", "token_moe", "t2mir_no_cl"}
     assert all(len(c) == 3 and all(np.isfinite(c)) for c in curves.values())
-    for name in ("returns.png", "expert_assignment_t2mir.png", "metrics.csv", "checkpoints/t2mir.pt"):
+    for name in ("returns.png", "expert_assignment_t2mir.png", "metrics.csv", "checkpoints/t2mir.safetensors"):
         assert (run_dir / name).is_file(), name
     # a real, decodable video: 3 in-context episodes x (6 steps + the reset frame)
     n_frames, _ = imageio_ffmpeg.count_frames_and_secs(str(run_dir / "rollout_t2mir.mp4"))
@@ -168,7 +168,7 @@ def test_probe_episode_matches_in_context_evaluation(small, tmp_path) -> None:
     # with the evaluation's first episode as context, the probe replays its second episode
     state = tmp_path / "eval.pt"
     two = evaluate_in_context(model, fam, fam.test_tasks, 2, 2, seed=4, sample=False, state_path=state)
-    st = torch.load(state, weights_only=False)
+    st = read_eval_state(state)
     first = History(st["obs"][:, 0], st["act"][:, 0], st["rew"][:, 0], np.zeros(0))
     probed = bench.play_after_context(model, fam, fam.test_tasks, first, False, seed=4)
     np.testing.assert_allclose(probed, two.returns[:, 1], rtol=1e-5)

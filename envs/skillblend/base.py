@@ -166,6 +166,50 @@ class MobileManipulatorEnv(MujocoEnv):
         parts = [self._extra_obs(), self.proprioception()]
         return np.concatenate(parts if self.goal_first else parts[::-1])
 
+    # ----------------------------------------------------------------- checkpoint state
+    # Task variables (set by ``_reset_task``) that the rest of an episode depends on.
+    task_state_attrs: tuple[str, ...] = ()
+    _SIM_STATE = mujoco.mjtState.mjSTATE_INTEGRATION  # everything mj_step reads: bit-exact continuation
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the env's next steps depend on, as numbers and numpy arrays (a checkpoint stores
+        it without pickling): MuJoCo's integration state (time, qpos, qvel, act, solver warm start,
+        ctrl, applied forces, mocap poses), the env's RNG, the last action and the task variables.
+        Named after torch's pair because Gymnasium's ``MujocoEnv.set_state(qpos, qvel)`` exists."""
+        missing = [a for a in self.task_state_attrs if not hasattr(self, a)]
+        if missing:
+            raise RuntimeError(f"{type(self).__name__}: reset the env before taking its state (no {missing})")
+        sim = np.empty(mujoco.mj_stateSize(self.model, self._SIM_STATE))
+        mujoco.mj_getState(self.model, self.data, sim, self._SIM_STATE)
+        task = {a: _copy(getattr(self, a)) for a in self.task_state_attrs}
+        return {"sim": sim, "np_random": self.np_random.bit_generator.state,
+                "last_action": self.last_action.copy(), "task": task}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned; the next step equals the one the saved env
+        would have taken, bit for bit. Checks everything before changing the env."""
+        sim = np.asarray(state["sim"], dtype=np.float64)
+        size = mujoco.mj_stateSize(self.model, self._SIM_STATE)
+        if sim.shape != (size,):
+            raise ValueError(f"{type(self).__name__}: simulation state of shape {sim.shape}, expected ({size},)")
+        missing = set(self.task_state_attrs) - set(state["task"])
+        if missing:
+            raise ValueError(f"{type(self).__name__}: state lacks the task variables {sorted(missing)}")
+        last_action = np.asarray(state["last_action"], dtype=np.float64)
+        if last_action.shape != (ACTION_DIM,):
+            raise ValueError(f"{type(self).__name__}: last_action of shape {last_action.shape}, expected ({ACTION_DIM},)")
+        self.np_random.bit_generator.state = state["np_random"]
+        for a in self.task_state_attrs:
+            setattr(self, a, _copy(state["task"][a]))
+        self.last_action = last_action.copy()
+        self._after_task_state()
+        mujoco.mj_setState(self.model, self.data, sim, self._SIM_STATE)
+        mujoco.mj_forward(self.model, self.data)  # derived quantities (positions, sites) for readers
+        mujoco.mj_setState(self.model, self.data, sim, self._SIM_STATE)  # and the warm start, untouched
+
+    def _after_task_state(self) -> None:
+        """Subclass hook: apply restored task variables that live in the MuJoCo model."""
+
     # ----------------------------------------------------------------- subclass hooks
     def _reset_task(self) -> None:
         raise NotImplementedError
@@ -187,3 +231,12 @@ class MobileManipulatorEnv(MujocoEnv):
         """Smoothness, energy and tilt penalties shared by the skills (tasks use none)."""
         smooth = float(np.square(action - self.last_action).mean())
         return -self.smooth_weight * smooth - self.energy_weight * self.effort - 0.5 * self.tilt
+
+
+def _copy(value: Any) -> Any:
+    """A copy of a task variable (arrays and lists are copied, scalars kept)."""
+    if isinstance(value, np.ndarray):
+        return value.copy()
+    if isinstance(value, list):
+        return list(value)
+    return value

@@ -23,6 +23,7 @@ class WalkEnv(MobileManipulatorEnv):
     in the base frame. The arm should hold its default pose."""
 
     extra_dim = 3
+    task_state_attrs = ("target_xy", "target_yaw")
     goal_low = np.array([-2.5, -2.5, -np.pi])
     goal_high = np.array([2.5, 2.5, np.pi])
 
@@ -55,6 +56,7 @@ class WalkVelocityEnv(MobileManipulatorEnv):
     hold its default pose."""
 
     extra_dim = 3
+    task_state_attrs = ("_switch_at", "_steps", "command")
     goal_low = np.array([-1.0, -1.0, -1.5])
     goal_high = np.array([1.0, 1.0, 1.5])
     zero_share = 0.25  # share of command segments that ask the base to stand still
@@ -101,6 +103,7 @@ class ReachEnv(MobileManipulatorEnv):
     The base should stay put."""
 
     extra_dim = 3
+    task_state_attrs = ("target", "goal_distortion_matrix")
     low_pose_share = 0.35      # share of episodes whose pose has the shoulder pitched forward
     low_pose_min_pitch = 1.2   # rad; the pitch limit is 1.6
     goal_low = np.array([-1.2, -1.2, -1.0])

@@ -20,6 +20,7 @@ class FarReachEnv(MobileManipulatorEnv):
     xml_file = "far_reach.xml"
     extra_dim = 5
     goal_first = False
+    task_state_attrs = ("target",)
     success_threshold = 0.05
 
     def _reset_task(self) -> None:
@@ -46,6 +47,7 @@ class ButtonEnv(MobileManipulatorEnv):
     extra_dim = 6
     goal_first = False
     press_depth = 0.01
+    task_state_attrs = ("pressed", "button_pos")
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -62,10 +64,13 @@ class ButtonEnv(MobileManipulatorEnv):
         wall_x = self.np_random.uniform(2.0, 3.0)
         self.data.mocap_pos[0] = [wall_x, 0.0, 0.75]
         face_x = wall_x - self._wall_half
-        self.model.body_pos[self._button_body] = [face_x - self._button_half,
-                                                  self.np_random.uniform(-1.0, 1.0),
-                                                  self.np_random.uniform(0.5, 0.9)]
+        self.button_pos = np.array([face_x - self._button_half, self.np_random.uniform(-1.0, 1.0),
+                                    self.np_random.uniform(0.5, 0.9)])
+        self.model.body_pos[self._button_body] = self.button_pos
         self.pressed = False
+
+    def _after_task_state(self) -> None:
+        self.model.body_pos[self._button_body] = self.button_pos  # the button moves with each episode
 
     @property
     def button_face(self) -> np.ndarray:
@@ -91,6 +96,7 @@ class BoxPushEnv(MobileManipulatorEnv):
     xml_file = "box_push.xml"
     extra_dim = 7
     goal_first = False
+    task_state_attrs = ("goal_xy",)
     success_threshold = 0.1
 
     def __init__(self, **kwargs: Any) -> None:

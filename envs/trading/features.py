@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 from streammoe_envs.trading.data import chronological_splits, validate_ohlcv
 
-__all__ = ["FeatureSet", "ObsLayout", "Standardiser", "build_features", "raw_features", "rolling_slope"]
+__all__ = ["FeatureSet", "ObsLayout", "Standardiser", "build_features", "raw_features", "required_bars",
+           "rolling_slope", "warm_up_bars"]
 
 EPS = 1e-12
 
@@ -47,7 +48,7 @@ def rolling_slope(y: np.ndarray, window: int) -> np.ndarray:
 def raw_features(df: pd.DataFrame, context_window: int = 60, market_window: int = 360
                  ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Unscaled (state, context, market) frames, NaN during each window's warm-up."""
-    validate_ohlcv(df)
+    validate_ohlcv(df, df.attrs.get("source", "data"))
     o, h, lo, c = (df[k].to_numpy(np.float64) for k in ("open", "high", "low", "close"))
     v = np.log(df["volume"].to_numpy(np.float64).clip(min=EPS))
     logc = pd.Series(np.log(c), index=df.index)
@@ -153,11 +154,60 @@ class FeatureSet:
                           self.market[a:b], {name: (0, b - a)}, self.names, self.scalers)
 
 
+def warm_up_bars(context_window: int = 60, market_window: int = 360) -> int:
+    """Bars dropped before every feature is defined: the longest trailing window over returns
+    (returns start at the second bar), at least the 20-bar volume ratio.
+
+    >>> warm_up_bars(20, 60), warm_up_bars(5, 10)
+    (60, 19)
+    """
+    return max(int(context_window), int(market_window), 19)
+
+
+def required_bars(train: float = 0.7, val: float = 0.15, context_window: int = 60,
+                  market_window: int = 360, min_train_bars: int = 2) -> tuple[int, int]:
+    """``(warm-up bars, fewest bars in all)`` that :func:`build_features` accepts: the warm-up plus
+    enough bars that the chronological splits give train ``>= max(2, min_train_bars)`` bars and
+    validation (when ``val > 0``) and test ``>= 2``.
+
+    >>> required_bars(0.7, 0.15, 20, 60)
+    (60, 72)
+    """
+    warm = warm_up_bars(context_window, market_window)
+    min_train = max(2, int(min_train_bars))
+    if not (0 < train < 1 and 0 <= val < 1 and train + val < 1):
+        raise ValueError(f"need 0 < train, 0 <= val and train + val < 1; got {train}, {val}")
+
+    def fits(m: int) -> bool:
+        a, b = int(round(m * train)), int(round(m * (train + val)))
+        return a >= min_train and b - a >= (2 if val > 0 else 0) and m - b >= 2
+
+    m = min_train + 2
+    while not fits(m):
+        m += 1
+    return warm, warm + m
+
+
 def build_features(df: pd.DataFrame, train: float = 0.7, val: float = 0.15,
-                   context_window: int = 60, market_window: int = 360, clip: float = 5.0
-                   ) -> FeatureSet:
+                   context_window: int = 60, market_window: int = 360, clip: float = 5.0,
+                   min_train_bars: int = 2) -> FeatureSet:
     """Features for every bar after the longest warm-up, split in time order; each group is
-    standardised with the training rows' statistics only."""
+    standardised with the training rows' statistics only.
+
+    A series shorter than :func:`required_bars` raises a ``ValueError`` that names the source
+    (``df.attrs["source"]``, set by the loaders), says how many bars the windows and splits need
+    and which settings lower that; ``min_train_bars``: the caller's own minimum for the training
+    split (e.g. one regime chunk)."""
+    validate_ohlcv(df, df.attrs.get("source", "data"))
+    warm, need = required_bars(train, val, context_window, market_window, min_train_bars)
+    if len(df) < need:
+        raise ValueError(
+            f"{df.attrs.get('source', 'data')}: {len(df)} bars, but the configured windows and splits "
+            f"need at least {need}: {warm} warm-up bars (the longest window; market_window="
+            f"{market_window}, context_window={context_window}) + {need - warm} bars for splits "
+            f"train={train} / val={val} / test (train >= {max(2, int(min_train_bars))} bars, "
+            "validation and test >= 2). Use a longer series, or smaller windows or chunks "
+            "(macrohft.features.market_window / context_window, macrohft.regimes.chunk_length)")
     groups = raw_features(df, context_window, market_window)
     valid = np.all([g.notna().all(axis=1).to_numpy() for g in groups], axis=0)
     first = int(np.argmax(valid))

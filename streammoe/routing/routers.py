@@ -23,13 +23,15 @@ from torch import Tensor, nn
 
 from streammoe.routing.gates import top_k_gate, top_k_indices
 
-__all__ = ["MLPRouter", "NoisyTopKRouter", "RouterOutput", "SeededModule"]
+__all__ = ["ACTIVATIONS", "MLPRouter", "NoisyTopKRouter", "RouterOutput", "SeededModule"]
 
-_ACTIVATIONS: dict[str, type[nn.Module]] = {
+# Activation by name: the one table of streammoe (routers here, SkillBlender's skills too).
+ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "gelu": nn.GELU,
     "tanh": nn.Tanh,
     "silu": nn.SiLU,
+    "elu": nn.ELU,
 }
 
 
@@ -127,12 +129,12 @@ class MLPRouter(SeededModule):
             raise ValueError(f"in_dim and n_experts must be >= 1, got {in_dim}, {n_experts}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(_ACTIVATIONS)}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
         self.in_dim, self.n_experts, self.dropout = in_dim, n_experts, dropout
         sizes = [in_dim, *hidden, n_experts]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
-        self.act = _ACTIVATIONS[activation]()
+        self.act = ACTIVATIONS[activation]()
         for i, layer in enumerate(self.layers):
             is_last = i == len(self.layers) - 1
             _init_linear(layer, (last_layer_init or init) if is_last else init, self.generator)

@@ -1,25 +1,25 @@
 """Online learning on drifting streams: DriftMoE, the paper's streams and prequential evaluation.
 
->>> from streammoe.stream import DriftMoEClassifier, make_stream, prequential
+>>> from streammoe.stream import STREAMS, DriftMoEClassifier, make_stream, prequential
 >>> sorted(STREAMS)
 ['LEDa', 'LEDg', 'RBFf', 'RBFm', 'SEAa', 'SEAg']
 """
 
-from streammoe.stream.driftmoe import DriftMoEClassifier, warm_up_torch
-from streammoe.stream.evaluation import PrequentialResult, kappa_stats, prequential
-from streammoe.stream.learners import LEARNERS, make_learner
-from streammoe.stream.streams import STREAMS, DriftStream, iter_file, make_stream
+from streammoe.lazy import lazy_exports
 
-__all__ = [
-    "LEARNERS",
-    "STREAMS",
-    "DriftMoEClassifier",
-    "DriftStream",
-    "PrequentialResult",
-    "iter_file",
-    "kappa_stats",
-    "make_learner",
-    "make_stream",
-    "prequential",
-    "warm_up_torch",
-]
+# name -> defining module, imported on first use (keeps `import streammoe.cli` fast)
+_EXPORTS = {
+    "DriftMoEClassifier": "streammoe.stream.driftmoe",
+    "warm_up_torch": "streammoe.stream.driftmoe",
+    "PrequentialResult": "streammoe.stream.evaluation",
+    "kappa_stats": "streammoe.stream.evaluation",
+    "prequential": "streammoe.stream.evaluation",
+    "LEARNERS": "streammoe.stream.learners",
+    "make_learner": "streammoe.stream.learners",
+    "STREAMS": "streammoe.stream.streams",
+    "DriftStream": "streammoe.stream.streams",
+    "iter_file": "streammoe.stream.streams",
+    "make_stream": "streammoe.stream.streams",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

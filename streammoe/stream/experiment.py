@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from streammoe.runs import RunRecorder, format_table, pyplot, save_figure
+from streammoe.stream.config import validated
 from streammoe.stream.driftmoe import warm_up_torch
 from streammoe.stream.evaluation import PrequentialResult, prequential
 from streammoe.stream.learners import make_learner
@@ -45,6 +46,7 @@ def comparison_rows(results: dict[str, PrequentialResult], reference: str = "arf
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Hydra entry: the model and its baselines, prequentially on one stream; table and plots."""
+    validated(cfg)  # every key's type and range; device: CPU only (stream/config.py)
     c = cfg.driftmoe
     torch.set_num_threads(1)  # one-row routers: threads only add contention
     warm_up_torch()  # torch's one-time lazy imports stay out of the timed part
@@ -59,7 +61,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     results = prequential(models, stream, window=c.window, n_instances=n,
                           memory_checkpoints=c.memory_checkpoints, desc=c.stream.name)
 
-    rec = RunRecorder(run_dir)
+    rec = RunRecorder(run_dir, tensorboard=cfg.tensorboard)
     first = next(iter(results.values()))
     shares = {name: r.expert_share for name, r in results.items() if r.expert_share}
     n_exp = max((len(s) for sh in shares.values() for s in sh), default=0)

@@ -7,7 +7,7 @@
 5. train the hyper-agent over the frozen sub-agents (memory, teacher KL);
 6. evaluate on the test split: MacroHFT, buy-and-hold, MACD, single DDQN, each sub-agent;
    write ``metrics.json``, ``equity.png``, ``weights.png`` / ``test_weights.csv`` and the
-   checkpoint ``macrohft.pt`` (``macrohft.resume_from=.../macrohft.pt`` reuses its sub-agents
+   checkpoint ``macrohft.safetensors`` (``macrohft.resume_from=.../macrohft.safetensors`` reuses its sub-agents
    and single DDQN and retrains only the hyper-agent, which gives the same result as not
    stopping).
 """
@@ -26,8 +26,15 @@ from streammoe_envs.trading import TradingEnv
 from streammoe_envs.trading.data import bars_per_year, load_data
 from streammoe_envs.trading.features import FeatureSet, build_features
 
+from streammoe.control.macrohft.config import validated
 from streammoe.control.macrohft.metrics import trading_metrics
-from streammoe.control.macrohft.model import MacroHFT, load_checkpoint, macd_long, save_checkpoint
+from streammoe.control.macrohft.model import (
+    MacroHFT,
+    load_checkpoint,
+    macd_long,
+    save_checkpoint,
+    subagent_config,
+)
 from streammoe.control.macrohft.regimes import (
     REGIMES,
     RegimeThresholds,
@@ -81,16 +88,18 @@ def _val_score(env: TradingEnv, net: torch.nn.Module, starts: np.ndarray, length
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Hydra entry: data, regimes, sub-agents, hyper-agent, test-split evaluation and plots."""
+    validated(cfg)  # every key's type and range; device: CPU only (macrohft/config.py)
     c, data_cfg = cfg.macrohft, OmegaConf.to_container(cfg.data, resolve=True)
     torch.set_num_threads(int(c.threads))
-    rec = RunRecorder(run_dir)
+    rec = RunRecorder(run_dir, tensorboard=cfg.tensorboard)
     log = rec.log
 
     # 1. data, features, envs ------------------------------------------------------------------
     df = load_data(data_cfg, seed=cfg.seed)
     fs = build_features(df, c.splits.train, c.splits.val, c.features.context_window,
-                        c.features.market_window, c.features.clip)
-    bpy = float(data_cfg.get("bars_per_year") or bars_per_year(
+                        c.features.market_window, c.features.clip,
+                        min_train_bars=int(c.regimes.chunk_length))  # one regime chunk at least
+    bpy = float(data_cfg["bars_per_year"] or bars_per_year(
         data_cfg["bar_frequency"], data_cfg["trading_days"], data_cfg["hours_per_day"]))
     sub_cfg = _dataclass_from(DQNConfig, c.subagent)
     hyper_cfg = _dataclass_from(HyperConfig, c.hyper)
@@ -110,7 +119,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     else:
         val_starts, val_all = {k: np.array([], int) for k in REGIMES}, np.array([], int)
 
-    resumed = load_checkpoint(c.resume_from) if c.resume_from else None
+    resumed = load_checkpoint(c.resume_from, expect=subagent_config(  # checked before any training
+        OmegaConf.to_container(c, resolve=True), data_cfg, cfg.seed)) if c.resume_from else None
 
     # 3. sub-agents, alpha picked on validation ---------------------------------------------------
     def fit_with_alpha(name: str, train_starts: np.ndarray, val_s: np.ndarray, seed: int
@@ -157,12 +167,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         raise ValueError(f"macrohft.mixing must be 'learned' or 'uniform', got {c.mixing!r}")
     model = MacroHFT(envs["train"].layout, envs["train"].action_space.n, subagents, mixer, single,
                      memory, alphas, meta={
-                         "config": OmegaConf.to_container(c, resolve=True), "data": data_cfg,
+                         "config": OmegaConf.to_container(c, resolve=True), "data": data_cfg, "seed": int(cfg.seed),
                          "levels": list(c.env.position_levels),
                          "scalers": {k: s.state_dict() for k, s in fs.scalers.items()},
                          "thresholds": thresholds.state_dict(), "feature_names": fs.names})
     if c.checkpoint:
-        save_checkpoint(model, run_dir / "macrohft.pt")
+        save_checkpoint(model, run_dir / "macrohft.safetensors")
 
     # 6. test evaluation --------------------------------------------------------------------------
     test = envs["test"]
@@ -207,7 +217,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                     "bars_per_year": bpy, "n_test_bars": len(mh.actions),
                     "n_train_chunks": len(starts),
                     **{f"chunks_{k}": len(v) for k, v in regime_starts.items()}})
-    return rec.finish(metrics, title=f"MacroHFT on {data_cfg.get('path') or data_cfg['name']} (test split)")
+    return rec.finish(metrics, title=f"MacroHFT on {data_cfg['path'] or data_cfg['name']} (test split)")
 
 
 def _plot_equity(index: pd.DatetimeIndex, rollouts: dict[str, Rollout], path: Path) -> None:

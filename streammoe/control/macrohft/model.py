@@ -1,5 +1,11 @@
 """The trained MacroHFT bundle (sub-agents, hyper-agent, single-DDQN baseline, memory) with
-checkpoint save / load, and the MACD rule baseline."""
+checkpoint save / load, and the MACD rule baseline.
+
+A checkpoint (``macrohft.safetensors``) is :mod:`streammoe.checkpoint`'s format: every network's
+weights and the memory as tensors, architecture, alphas and metadata as JSON; loading unpickles
+nothing. A checkpoint written by a run also holds the config its sub-agents were trained with
+(:func:`subagent_config`), which ``macrohft.resume_from`` must match.
+"""
 
 from __future__ import annotations
 
@@ -13,13 +19,19 @@ import torch
 from streammoe_envs.trading.features import ObsLayout
 from torch import Tensor, nn
 
+from streammoe import checkpoint as ckpt
 from streammoe.control.macrohft.memory import EpisodicMemory
 from streammoe.control.macrohft.networks import HyperAgent, SubAgentQNet, mixed_q, stack_q
 from streammoe.control.macrohft.train import UniformMixer
 
-__all__ = ["CHECKPOINT_VERSION", "MacroHFT", "load_checkpoint", "macd_long", "save_checkpoint"]
+__all__ = ["CHECKPOINT_VERSION", "MacroHFT", "load_checkpoint", "macd_long", "save_checkpoint",
+           "subagent_config"]
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_KIND = "streammoe.macrohft.model"
+CHECKPOINT_VERSION = 2  # 1: a torch.save pickle (macrohft.pt), no longer read
+LABEL = "MacroHFT checkpoint"
+# The config keys the sub-agents and the single DDQN depend on (not the hyper-agent's).
+SUBAGENT_KEYS = ("splits", "features", "env", "regimes", "alphas", "subagent", "single_ddqn")
 
 
 @dataclass
@@ -43,12 +55,18 @@ class MacroHFT:
         return mixed_q(self.mixer(obs), stack_q(list(self.subagents.values()), obs))
 
 
+def subagent_config(config: dict[str, Any], data: dict[str, Any], seed: int) -> dict[str, Any]:
+    """What a run resuming from a checkpoint (reusing its sub-agents) must share with the run
+    that trained them: data, seed and the ``macrohft`` keys of :data:`SUBAGENT_KEYS`."""
+    return {"seed": int(seed), "data": data, **{k: config.get(k) for k in SUBAGENT_KEYS}}
+
+
 def save_checkpoint(model: MacroHFT, path: str | Path) -> Path:
-    """Write the trained model to ``path``; ``load_checkpoint`` reads it back."""
-    path = Path(path)
+    """Write the trained model to ``path`` (atomically); ``load_checkpoint`` reads it back. With
+    ``config``, ``data`` and ``seed`` in ``model.meta`` the file also records :func:`subagent_config`."""
     hyper = model.mixer if isinstance(model.mixer, HyperAgent) else None
-    torch.save({
-        "version": CHECKPOINT_VERSION, "layout": asdict(model.layout), "n_actions": model.n_actions,
+    state = {
+        "layout": asdict(model.layout), "n_actions": model.n_actions,
         "subagents": {k: v.state_dict() for k, v in model.subagents.items()},
         "subagent_adapter": {k: v.use_adapter for k, v in model.subagents.items()},
         "hidden": next(iter(model.subagents.values())).encode.out_features,
@@ -60,45 +78,52 @@ def save_checkpoint(model: MacroHFT, path: str | Path) -> Path:
         "single_ddqn_adapter": None if model.single_ddqn is None else model.single_ddqn.use_adapter,
         "memory": None if model.memory is None else model.memory.state_dict(),
         "alphas": model.alphas, "meta": model.meta,
-    }, path)
-    return path
+    }
+    meta = model.meta
+    config = ({"subagents": subagent_config(meta["config"], meta["data"], meta["seed"])}
+              if {"config", "data", "seed"} <= set(meta) else {})
+    return ckpt.save(path, state, kind=CHECKPOINT_KIND, version=CHECKPOINT_VERSION, config=config)
 
 
-def load_checkpoint(path: str | Path) -> MacroHFT:
-    """Rebuild a :class:`MacroHFT` saved by :func:`save_checkpoint`; clear errors otherwise."""
+def load_checkpoint(path: str | Path, expect: dict[str, Any] | None = None) -> MacroHFT:
+    """Rebuild a :class:`MacroHFT` saved by :func:`save_checkpoint`; clear errors otherwise.
+    ``expect``: this run's :func:`subagent_config`, which the file's must equal (for resuming)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
+    ck = ckpt.load(path, kind=CHECKPOINT_KIND, version=CHECKPOINT_VERSION, label=LABEL,
+                   match=None if expect is None else {"subagents": expect},
+                   hints={"subagents": "Its sub-agents were trained with other settings than this run's: "
+                                       "resume with the same data, seed and sub-agent settings, or "
+                                       "drop macrohft.resume_from."}).state
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises several types for truncated / foreign files
-        raise ValueError(f"{path} is not a readable MacroHFT checkpoint: {err}") from err
-    if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path} is not a MacroHFT checkpoint (version "
-                         f"{ckpt.get('version') if isinstance(ckpt, dict) else None})")
-    layout, n_actions, hidden = ObsLayout(**ckpt["layout"]), ckpt["n_actions"], ckpt["hidden"]
+        return _rebuild(ck)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise ckpt.CheckpointError(f"{path} is not a usable {LABEL}: {type(err).__name__}: {err}") from err
+
+
+def _rebuild(ck: dict[str, Any]) -> MacroHFT:
+    layout, n_actions, hidden = ObsLayout(**ck["layout"]), ck["n_actions"], ck["hidden"]
     subagents = {}
-    for name, state in ckpt["subagents"].items():
-        net = SubAgentQNet(layout, n_actions, hidden, ckpt["subagent_adapter"][name])
+    for name, state in ck["subagents"].items():
+        net = SubAgentQNet(layout, n_actions, hidden, ck["subagent_adapter"][name])
         net.load_state_dict(state)
         subagents[name] = net.eval()
-    if ckpt["hyper"] is None:
+    if ck["hyper"] is None:
         mixer: nn.Module = UniformMixer(len(subagents))
     else:
-        mixer = HyperAgent(layout, len(subagents), **ckpt["hyper_cfg"])
-        mixer.load_state_dict(ckpt["hyper"])
+        mixer = HyperAgent(layout, len(subagents), **ck["hyper_cfg"])
+        mixer.load_state_dict(ck["hyper"])
     single = None
-    if ckpt["single_ddqn"] is not None:
-        single = SubAgentQNet(layout, n_actions, hidden, ckpt["single_ddqn_adapter"])
-        single.load_state_dict(ckpt["single_ddqn"])
+    if ck["single_ddqn"] is not None:
+        single = SubAgentQNet(layout, n_actions, hidden, ck["single_ddqn_adapter"])
+        single.load_state_dict(ck["single_ddqn"])
         single.eval()
     memory = None
-    if ckpt["memory"] is not None:
-        m = ckpt["memory"]
+    if ck["memory"] is not None:
+        m = ck["memory"]
         memory = EpisodicMemory(len(m["q"]), m["keys"].shape[1], m["obs"].shape[1])
         memory.load_state_dict(m)
     return MacroHFT(layout, n_actions, subagents, mixer.eval(), single, memory,
-                    dict(ckpt["alphas"]), dict(ckpt["meta"]))
+                    dict(ck["alphas"]), dict(ck["meta"]))
 
 
 def macd_long(close: np.ndarray, fast: int = 12, slow: int = 26, signal: int = 9) -> np.ndarray:

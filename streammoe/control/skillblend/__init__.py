@@ -10,14 +10,17 @@
 Environments live in :mod:`streammoe_envs.skillblend`. See ``docs/skillblender.md``.
 """
 
-from streammoe.control.skillblend.policy import SkillBlendPolicy
-from streammoe.control.skillblend.skills import (
-    MLPSkill,
-    Skill,
-    freeze,
-    load_skill,
-    save_skill,
-    skill_from_sb3,
-)
+from streammoe.lazy import lazy_exports
 
-__all__ = ["MLPSkill", "Skill", "SkillBlendPolicy", "freeze", "load_skill", "save_skill", "skill_from_sb3"]
+# name -> defining module, imported on first use (keeps `import streammoe.cli` fast)
+_EXPORTS = {
+    "SkillBlendPolicy": "streammoe.control.skillblend.policy",
+    "MLPSkill": "streammoe.control.skillblend.skills",
+    "Skill": "streammoe.control.skillblend.skills",
+    "freeze": "streammoe.control.skillblend.skills",
+    "load_skill": "streammoe.control.skillblend.skills",
+    "save_skill": "streammoe.control.skillblend.skills",
+    "skill_from_sb3": "streammoe.control.skillblend.skills",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -120,7 +120,7 @@ def main() -> None:
                    help="also: the reach skill's final error for targets ahead at these heights (m)")
     args = p.parse_args()
     torch.set_num_threads(1)
-    walk, reach = (load_skill(Path(args.skills_dir) / f"{n}.pt") for n in ("walk", "reach"))
+    walk, reach = (load_skill(Path(args.skills_dir) / f"{n}.safetensors") for n in ("walk", "reach"))
     rows = []
     for task in args.tasks:
         for standoff in args.standoffs:

@@ -2,7 +2,7 @@
 
 ``experiment=skillblend_skills`` -> :func:`train_skills`: train every primitive skill with SB3 PPO
 on its goal-conditioned env, copy the actor into a frozen :class:`MLPSkill`, save it as
-``skills/<name>.pt`` (plus the SB3 zip), evaluate the frozen skill and record a video.
+``skills/<name>.safetensors`` (plus the SB3 zip), evaluate the frozen skill and record a video.
 
 ``experiment=skillblend`` -> :func:`run`: load the skills (or train them first), train one policy on
 a task with SB3 PPO -- the per-joint blender (``method=blend``), hard selection of one skill
@@ -12,7 +12,6 @@ video and, for blenders, plot the per-joint blend weights over an episode.
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -28,12 +27,13 @@ from streammoe_envs.skillblend import ENV_IDS, PROPRIO_DIM, PROPRIO_RATES, SKILL
 
 from streammoe.control.skillblend.checkpoint import (
     CHECKPOINT_DIR,
-    CheckpointCallback,
+    PeriodicCheckpoint,
     find_checkpoint_dir,
-    latest_checkpoint,
+    keep_earlier_curve,
     learn_resumable,
-    load_checkpoint,
+    resume_or_build,
 )
+from streammoe.control.skillblend.config import METHODS, validated, validated_skills
 from streammoe.control.skillblend.evaluate import (
     evaluate,
     plot_blend_weights,
@@ -41,14 +41,19 @@ from streammoe.control.skillblend.evaluate import (
     rollout_blend_weights,
 )
 from streammoe.control.skillblend.policy import SkillBlendPolicy
-from streammoe.control.skillblend.skills import MLPSkill, load_skill, save_skill, skill_from_sb3
+from streammoe.control.skillblend.skills import (
+    MLPSkill,
+    load_skill,
+    save_skill,
+    skill_from_sb3,
+    skill_path,
+)
 from streammoe.devices import resolve_device
 from streammoe.routing import RoutingStats
 from streammoe.runs import RunRecorder
 
 __all__ = ["METHODS", "ensure_skills", "make_model", "run", "train_skill", "train_skills"]
 
-METHODS = ("blend", "hard", "flat")
 INFO_KEYS = ("error", "success")
 
 
@@ -63,7 +68,7 @@ def env_kwargs(episode_steps: int | None, extra: dict[str, Any] | None = None) -
 
 def skill_env_kwargs(sk: DictConfig, name: str) -> dict[str, Any]:
     """The skill's env constructor arguments from ``skills.env_kwargs.<name>`` (may be absent)."""
-    per_skill = sk.get("env_kwargs") or {}
+    per_skill = sk.env_kwargs
     return dict(OmegaConf.to_container(per_skill[name], resolve=True)) if name in per_skill else {}
 
 
@@ -120,7 +125,7 @@ def model_policy_fn(model: PPO):
 def train_skill(name: str, sk: DictConfig, out_dir: Path, seed: int, device: str,
                 recorder: RunRecorder | None = None, checkpoint_dir: Path | None = None,
                 resume_dir: Path | None = None) -> tuple[MLPSkill, dict[str, Any]]:
-    """Train one skill with PPO, save ``<name>.pt`` (frozen actor) and ``<name>_ppo.zip``.
+    """Train one skill with PPO, save ``<name>.safetensors`` (frozen actor) and ``<name>_ppo.zip``.
     With ``checkpoint_dir``, PPO checkpoints go there every ``sk.checkpoint_every`` rollouts; with
     ``resume_dir``, training continues from the latest ``skill_<name>`` checkpoint found there."""
     if name not in SKILL_ENVS:
@@ -128,12 +133,13 @@ def train_skill(name: str, sk: DictConfig, out_dir: Path, seed: int, device: str
     env_cls, env_id = SKILL_ENVS[name], ENV_IDS[name]
     extra = skill_env_kwargs(sk, name)
     meta = {"phase": f"skill_{name}", "env_id": env_id, "n_envs": int(sk.n_envs), "seed": int(seed)}
-    model = _resume_or_build(resume_dir, meta, device, lambda: PPO(
-        "MlpPolicy", make_vec(env_id, sk.n_envs, seed, sk.get("episode_steps"), extra), seed=seed, device=device,
-        verbose=0, **ppo_kwargs(sk.ppo)))
+    model = resume_or_build(resume_dir, meta, lambda: PPO(
+        "MlpPolicy", make_vec(env_id, sk.n_envs, seed, sk.episode_steps, extra), seed=seed, device=device,
+        verbose=0, tensorboard_log=recorder.sb3_tensorboard_log(f"skill_{name}") if recorder else None,
+        **ppo_kwargs(sk.ppo)))
     callbacks: list[BaseCallback] = [RecorderCallback(recorder, f"skill_{name}")] if recorder else []
     if checkpoint_dir is not None:
-        callbacks.append(CheckpointCallback(checkpoint_dir, meta, int(sk.get("checkpoint_every", 0))))
+        callbacks.append(PeriodicCheckpoint(checkpoint_dir, meta, int(sk.checkpoint_every)))
     start = time.perf_counter()
     learn_resumable(model, int(sk.timesteps[name]), callbacks)
     seconds = time.perf_counter() - start
@@ -141,10 +147,10 @@ def train_skill(name: str, sk: DictConfig, out_dir: Path, seed: int, device: str
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save(out_dir / f"{name}_ppo.zip")
     skill = skill_from_sb3(model, name, env_cls.goal_low, env_cls.goal_high)
-    save_skill(skill, out_dir / f"{name}.pt")
-    skill = load_skill(out_dir / f"{name}.pt")  # evaluate exactly what the blender will load
+    save_skill(skill, skill_path(out_dir, name))
+    skill = load_skill(skill_path(out_dir, name))  # evaluate exactly what the blender will load
     metrics = evaluate(skill_policy_fn(skill), env_id, sk.eval_episodes, seed=10_000 + seed,
-                       **env_kwargs(sk.get("episode_steps"), extra))
+                       **env_kwargs(sk.episode_steps, extra))
     metrics.update(train_steps=model.num_timesteps, train_seconds=seconds,
                    train_steps_per_s=model.num_timesteps / seconds)
     return skill, metrics
@@ -157,7 +163,7 @@ def ensure_skills(sk: DictConfig, skills_dir: str | None, run_dir: Path, seed: i
     checkpoints in ``<run dir>/checkpoints`` and resuming from ``resume_dir`` if given."""
     names = list(sk.names)
     target = Path(skills_dir) if skills_dir else run_dir / "skills"
-    paths = {n: target / f"{n}.pt" for n in names}
+    paths = {n: skill_path(target, n) for n in names}
     missing = [n for n, p in paths.items() if not p.is_file()]
     if missing:
         where = f"in {target}" if skills_dir else "(skills_dir not set)"
@@ -171,87 +177,71 @@ def ensure_skills(sk: DictConfig, skills_dir: str | None, run_dir: Path, seed: i
 
 def train_skills(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Entry of ``experiment=skillblend_skills``."""
+    validated_skills(cfg)  # every key's type and range, device (skillblend/config.py)
     sk = cfg.skillblend.skills
     torch.set_num_threads(int(cfg.skillblend.threads))
     device = str(resolve_device(cfg.device))
-    rec = RunRecorder(run_dir)
+    rec = RunRecorder(run_dir, tensorboard=cfg.tensorboard)
     skills_dir = run_dir / "skills"
     metrics: dict[str, Any] = {"skills_dir": str(skills_dir)}
-    resume_dir = find_checkpoint_dir(sk.get("resume"), run_dir)
-    _keep_earlier_curve(run_dir, resume_dir)
+    resume_dir = find_checkpoint_dir(sk.resume, run_dir)
+    keep_earlier_curve(run_dir, resume_dir)
     for name in sk.names:
         skill, m = train_skill(name, sk, skills_dir, cfg.seed, device, rec, run_dir / CHECKPOINT_DIR, resume_dir)
         metrics.update({f"{name}_{k}": v for k, v in m.items()})
         if sk.video_episodes:
             _, n_frames = record_rollout(skill_policy_fn(skill), ENV_IDS[name], run_dir / f"{name}.mp4",
                                          sk.video_episodes, 20_000 + cfg.seed,
-                                         **env_kwargs(sk.get("episode_steps"), skill_env_kwargs(sk, name)))
+                                         **env_kwargs(sk.episode_steps, skill_env_kwargs(sk, name)))
             metrics[f"{name}_video_frames"] = n_frames
     return rec.finish(metrics, title="skillblend_skills: frozen skills, evaluated with noise off")
 
 
 # ---------------------------------------------------------------------- task policies
 def make_model(method: str, vec: VecEnv, skills: list[MLPSkill], c: DictConfig, seed: int,
-               device: str) -> PPO:
-    """SB3 PPO with the blender policy (``blend`` / ``hard``) or the plain MlpPolicy (``flat``)."""
+               device: str, tensorboard_log: str | None = None) -> PPO:
+    """SB3 PPO with the blender policy (``blend`` / ``hard``) or the plain MlpPolicy (``flat``);
+    ``tensorboard_log``: SB3's TensorBoard folder (None: none written)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    kw = ppo_kwargs(c.ppo)
+    kw = {**ppo_kwargs(c.ppo), "tensorboard_log": tensorboard_log}
     if method == "flat":
         return PPO("MlpPolicy", vec, seed=seed, device=device, verbose=0, **kw)
     kw["policy_kwargs"].update(skills=skills, proprio_dim=PROPRIO_DIM, selection=method,
                                gate_temperature=float(c.gate_temperature), goal_gain=float(c.goal_gain),
-                               hidden_from_blender=() if c.get("blender_sees_rates", True) else PROPRIO_RATES)
+                               hidden_from_blender=() if c.blender_sees_rates else PROPRIO_RATES)
     return PPO(SkillBlendPolicy, vec, seed=seed, device=device, verbose=0, **kw)
-
-
-def _keep_earlier_curve(run_dir: Path, resume: Any) -> None:
-    """A run resumed in its own directory would rewrite metrics.csv: keep the earlier rows."""
-    csv_path = run_dir / "metrics.csv"
-    if resume is not None and csv_path.is_file():
-        n = len(list(run_dir.glob("metrics_before_resume*.csv")))
-        shutil.copy2(csv_path, run_dir / f"metrics_before_resume{n or ''}.csv")
-
-
-def _resume_or_build(resume_dir: Path | None, meta: dict[str, Any], device: str, build: Any) -> PPO:
-    """The model of the latest checkpoint of ``meta["phase"]`` in ``resume_dir``, else ``build()``."""
-    ckpt = latest_checkpoint(resume_dir, meta["phase"])
-    if ckpt is None:
-        if resume_dir is not None:
-            print(f"[skillblend] no {meta['phase']} checkpoint in {resume_dir}: starting from scratch", flush=True)
-        return build()
-    model = load_checkpoint(ckpt, device, expect=meta)
-    print(f"[skillblend] resuming {meta['phase']} from {ckpt} ({model.num_timesteps} env steps done)", flush=True)
-    return model
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Entry of ``experiment=skillblend``: train and evaluate one policy on one task."""
+    validated(cfg)  # every key's type and range, device (skillblend/config.py)
     c = cfg.skillblend
     if c.task not in TASK_ENVS:
         raise ValueError(f"unknown task {c.task!r}; available: {sorted(TASK_ENVS)}")
     torch.set_num_threads(int(c.threads))
     device = str(resolve_device(cfg.device))
-    rec = RunRecorder(run_dir)
-    resume_dir = find_checkpoint_dir(c.get("resume"), run_dir)
-    skills_resume = find_checkpoint_dir(c.skills.get("resume"), run_dir) or resume_dir
-    _keep_earlier_curve(run_dir, skills_resume)
+    rec = RunRecorder(run_dir, tensorboard=cfg.tensorboard)
+    resume_dir = find_checkpoint_dir(c.resume, run_dir)
+    skills_resume = find_checkpoint_dir(c.skills.resume, run_dir) or resume_dir
+    keep_earlier_curve(run_dir, skills_resume)
     skills: list[MLPSkill] = []
     if c.method != "flat":
         skills, skills_dir = ensure_skills(c.skills, c.skills_dir, run_dir, cfg.seed, device, rec, skills_resume)
     env_id = ENV_IDS[c.task]
     meta = {"phase": f"task_{c.task}_{c.method}", "env_id": env_id, "n_envs": int(c.n_envs), "seed": int(cfg.seed)}
-    model = _resume_or_build(resume_dir, meta, device, lambda: make_model(
-        c.method, make_vec(env_id, c.n_envs, cfg.seed, c.get("episode_steps")), skills, c, cfg.seed, device))
+    model = resume_or_build(resume_dir, meta, lambda: make_model(
+        c.method, make_vec(env_id, c.n_envs, cfg.seed, c.episode_steps), skills, c, cfg.seed, device,
+        rec.sb3_tensorboard_log(c.method)))
     callbacks = [RecorderCallback(rec, c.method),
-                 CheckpointCallback(run_dir / CHECKPOINT_DIR, meta, int(c.get("checkpoint_every", 0)))]
+                 PeriodicCheckpoint(run_dir / CHECKPOINT_DIR, meta, int(c.checkpoint_every))]
     start = time.perf_counter()
     learn_resumable(model, int(c.timesteps), callbacks)
     seconds = time.perf_counter() - start
     model.get_env().close()
     model.save(run_dir / "model.zip")
 
-    eval_kw = env_kwargs(c.get("episode_steps"))
+    eval_kw = env_kwargs(c.episode_steps)
     metrics: dict[str, Any] = {"task": c.task, "method": c.method}
     policy = model_policy_fn(model)
     metrics.update(evaluate(policy, env_id, c.eval_episodes, 10_000 + cfg.seed, **eval_kw))

@@ -30,8 +30,9 @@ from stable_baselines3.common.distributions import DiagGaussianDistribution, Dis
 from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import Tensor, nn
 
-from streammoe.control.skillblend.skills import _ACTIVATIONS, MLPSkill, Skill, freeze
+from streammoe.control.skillblend.skills import MLPSkill, Skill, freeze
 from streammoe.routing import dense_mixture, hard_soft_gate, softmax_per_dim_gate
+from streammoe.routing.routers import ACTIVATIONS
 
 __all__ = ["SELECTIONS", "SkillBlendPolicy"]
 
@@ -123,7 +124,7 @@ class SkillBlendPolicy(ActorCriticPolicy):
             self.register_buffer(f"stack_b{i}", torch.stack([ls[i].bias.detach() for ls in layers]).unsqueeze(1),
                                  persistent=False)
         self.n_stacked_layers = len(layers[0])
-        self.stack_activation = _ACTIVATIONS[configs[0]["activation"]]()
+        self.stack_activation = ACTIVATIONS[configs[0]["activation"]]()
         self.stack_squash = configs[0]["squash"] == "tanh"
 
     def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:

@@ -2,8 +2,9 @@
 
 A skill is an ``nn.Module`` with a goal range (``goal_low``/``goal_high`` buffers) and a
 deterministic action (the mean of the PPO policy it came from). Skills are trained with SB3 PPO
-(:func:`skill_from_sb3` copies the actor out of an SB3 model), saved with :func:`save_skill` and
-loaded frozen with :func:`load_skill`.
+(:func:`skill_from_sb3` copies the actor out of an SB3 model), saved with :func:`save_skill` as
+``<name>.safetensors`` (:mod:`streammoe.checkpoint`'s format: weights, goal range and architecture;
+nothing in it is unpickled) and loaded frozen with :func:`load_skill`.
 
 >>> import torch
 >>> s = MLPSkill("demo", in_dim=5, action_dim=2, goal_low=[-1.0], goal_high=[1.0], hidden=(8,))
@@ -20,10 +21,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MLPSkill", "Skill", "freeze", "load_skill", "save_skill", "skill_from_sb3"]
+from streammoe import checkpoint as ckpt
+from streammoe.routing.routers import ACTIVATIONS
 
-CHECKPOINT_VERSION = 1
-_ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
+__all__ = ["MLPSkill", "Skill", "freeze", "load_skill", "save_skill", "skill_from_sb3", "skill_path"]
+
+CHECKPOINT_KIND = "streammoe.skillblend.skill"
+CHECKPOINT_VERSION = 2  # 1: a torch.save dict (<name>.pt)
+SUFFIX = ".safetensors"
+LEGACY_SUFFIX = ".pt"
+_FIELDS = ("name", "config", "goal_low", "goal_high", "state_dict")
 
 
 class Skill(nn.Module):
@@ -66,8 +73,8 @@ class MLPSkill(Skill):
                  goal_high: Sequence[float], hidden: Sequence[int] = (64, 64),
                  activation: str = "tanh", squash: str = "tanh") -> None:
         super().__init__(name, goal_low, goal_high)
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(_ACTIVATIONS)}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
         if in_dim <= self.goal_dim:
             raise ValueError(f"in_dim={in_dim} must exceed the goal dim {self.goal_dim} (goal + proprio)")
         if squash not in ("tanh", "none"):
@@ -77,7 +84,7 @@ class MLPSkill(Skill):
         layers: list[nn.Module] = []
         last = in_dim
         for width in hidden:
-            layers += [nn.Linear(last, width), _ACTIVATIONS[activation]()]
+            layers += [nn.Linear(last, width), ACTIVATIONS[activation]()]
             last = width
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(last, action_dim)
@@ -113,7 +120,7 @@ def skill_from_sb3(model: Any, name: str, goal_low: Sequence[float], goal_high: 
     policy = model.policy
     linears = [m for m in policy.mlp_extractor.policy_net if isinstance(m, nn.Linear)]
     act = type(policy.activation_fn()).__name__.lower()
-    if act not in _ACTIVATIONS:
+    if act not in ACTIVATIONS:
         raise ValueError(f"unsupported activation {act!r} in the SB3 policy")
     in_dim = int(policy.observation_space.shape[0])
     skill = MLPSkill(name, in_dim, int(policy.action_space.shape[0]), goal_low, goal_high,
@@ -126,32 +133,34 @@ def skill_from_sb3(model: Any, name: str, goal_low: Sequence[float], goal_high: 
     return skill.cpu()
 
 
-def save_skill(skill: MLPSkill, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"version": CHECKPOINT_VERSION, "name": skill.name, "config": skill.config,
-                "goal_low": skill.goal_low.tolist(), "goal_high": skill.goal_high.tolist(),
-                "state_dict": skill.state_dict()}, path)
+def skill_path(directory: str | Path, name: str) -> Path:
+    """``<directory>/<name>.safetensors``; raises if only an older streammoe's ``<name>.pt`` (a
+    torch.save pickle, never loaded) is there, rather than training a new skill next to it."""
+    path = Path(directory) / f"{name}{SUFFIX}"
+    ckpt.refuse_legacy(path, path.with_suffix(LEGACY_SUFFIX), "skill checkpoint")
     return path
+
+
+def save_skill(skill: MLPSkill, path: str | Path) -> Path:
+    """Write ``skill`` (weights, goal range, architecture) to ``path`` atomically."""
+    state = {"name": skill.name, "config": skill.config, "goal_low": skill.goal_low.tolist(),
+             "goal_high": skill.goal_high.tolist(), "state_dict": skill.state_dict()}
+    return ckpt.save(path, state, kind=CHECKPOINT_KIND, version=CHECKPOINT_VERSION)
 
 
 def load_skill(path: str | Path, map_location: str | torch.device = "cpu") -> MLPSkill:
     """Load a skill checkpoint, frozen. Missing, corrupt or incompatible files raise a clear error."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no skill checkpoint at {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises several types for truncated / foreign files
-        raise ValueError(f"{path} is not a readable skill checkpoint: {exc}") from exc
-    missing = {"version", "name", "config", "goal_low", "goal_high", "state_dict"} - set(ckpt)
+    state = ckpt.load(path, kind=CHECKPOINT_KIND, version=CHECKPOINT_VERSION, label="skill checkpoint").state
+    missing = set(_FIELDS) - set(state) if isinstance(state, dict) else set(_FIELDS)
     if missing:
-        raise ValueError(f"{path} is not a skill checkpoint (missing {sorted(missing)})")
-    if ckpt["version"] != CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: checkpoint version {ckpt['version']}, expected {CHECKPOINT_VERSION}")
-    skill = MLPSkill(ckpt["name"], goal_low=ckpt["goal_low"], goal_high=ckpt["goal_high"], **ckpt["config"])
+        raise ckpt.CheckpointError(f"{path} is not a skill checkpoint (missing {sorted(missing)})")
     try:
-        skill.load_state_dict(ckpt["state_dict"])
+        skill = MLPSkill(state["name"], goal_low=state["goal_low"], goal_high=state["goal_high"], **state["config"])
+    except (TypeError, ValueError) as exc:
+        raise ckpt.CheckpointError(f"{path}: not a usable skill architecture: {exc}") from exc
+    try:
+        skill.load_state_dict(state["state_dict"])
     except RuntimeError as exc:
-        raise ValueError(f"{path}: weights do not fit the saved architecture: {exc}") from exc
-    return freeze(skill)
+        raise ckpt.CheckpointError(f"{path}: weights do not fit the saved architecture: {exc}") from exc
+    return freeze(skill.to(map_location))

@@ -154,15 +154,19 @@ class _EpisodeLogger(gym.Wrapper):
 
 
 def collect_sb3(family: TaskFamily, task: np.ndarray, n_episodes: int, seed: int,
-                algo: str = "ppo", algo_kwargs: Mapping[str, Any] | None = None) -> History:
-    """Train an SB3 learner from scratch on one task; its first ``n_episodes`` in order."""
+                algo: str = "ppo", algo_kwargs: Mapping[str, Any] | None = None,
+                tensorboard_log: str | Path | None = None) -> History:
+    """Train an SB3 learner from scratch on one task; its first ``n_episodes`` in order.
+    ``tensorboard_log``: the learner's TensorBoard folder (SB3 adds ``PPO_1/``...; None: none)."""
     from stable_baselines3 import PPO, SAC
 
     algos = {"ppo": PPO, "sac": SAC}
     if algo not in algos:
         raise ValueError(f"unknown sb3 algo {algo!r}; choose ppo or sac")
     env = _EpisodeLogger(family.make_env(task))
-    model = algos[algo]("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **dict(algo_kwargs or {}))
+    tb = None if tensorboard_log is None else str(tensorboard_log)
+    model = algos[algo]("MlpPolicy", env, seed=seed, device="cpu", verbose=0, tensorboard_log=tb,
+                        **dict(algo_kwargs or {}))
     chunk = family.horizon * 4
     while len(env.episodes) < n_episodes:  # learn in chunks so we stop soon after enough episodes
         model.learn(chunk, reset_num_timesteps=False)
@@ -249,8 +253,11 @@ def load_dataset(folder: str | Path, expect: Mapping[str, Any] | None = None
 
 
 def ensure_dataset(data_dir: str | Path, family: TaskFamily, n_episodes: int,
-                   collector: Mapping[str, Any], seed: int) -> tuple[Path, dict[str, Any], list[History]]:
-    """Load the training-task histories for these settings, collecting them first if absent."""
+                   collector: Mapping[str, Any], seed: int, tensorboard_log: str | Path | None = None
+                   ) -> tuple[Path, dict[str, Any], list[History]]:
+    """Load the training-task histories for these settings, collecting them first if absent.
+    ``tensorboard_log``: when an ``sb3`` collector runs, each task's learner writes its TensorBoard
+    events into ``<tensorboard_log>/task_XXX`` (not part of the dataset's settings)."""
     collector = dict(collector)
     spec = {"family": family.name, "horizon": family.horizon, "n_episodes": n_episodes,
             "tasks": np.round(family.train_tasks, 6).tolist(), "collector": collector, "seed": seed}
@@ -262,7 +269,12 @@ def ensure_dataset(data_dir: str | Path, family: TaskFamily, n_episodes: int,
         fns = {"expert_anneal": collect_expert_anneal, "sb3": collect_sb3}
         if collector["name"] not in fns:
             raise ValueError(f"unknown collector {collector['name']!r}; choose {sorted(fns)}")
-        histories = [fns[collector["name"]](family, task, n_episodes, seed + 1000 * i, **kwargs)
+        def tb(i: int) -> dict[str, Any]:
+            if collector["name"] != "sb3" or tensorboard_log is None:
+                return {}
+            return {"tensorboard_log": Path(tensorboard_log) / f"task_{i:03d}"}
+
+        histories = [fns[collector["name"]](family, task, n_episodes, seed + 1000 * i, **kwargs, **tb(i))
                      for i, task in enumerate(progress(family.train_tasks, desc="collect histories"))]
         # Write to a private folder, then rename: a crash never leaves a half-written dataset,
         # and of two runs collecting the same data at once the first rename wins.

@@ -6,8 +6,11 @@ whole-sequence forward would compute); within the episode every env step costs o
 over the new tokens ``(a_{t-1}, r_{t-1}, s_t)``. Actions are sampled from the predicted Gaussian
 (``sample=True``, the exploration AD learned from noisy early history) or its mean.
 
-Progress is saved after every episode when ``state_path`` is given; calling again with the same
-path continues where it stopped and gives the same returns as an uninterrupted evaluation.
+Progress is saved after every episode when ``state_path`` is given (``eval/<variant>.safetensors``
+in a run folder, :mod:`streammoe.checkpoint`'s format: nothing in it is unpickled); calling again
+with the same path continues where it stopped and gives the same returns as an uninterrupted
+evaluation. The file records the evaluation's settings (tasks, episodes, context, seed, sampling),
+which the continuing call must share.
 """
 
 from __future__ import annotations
@@ -21,11 +24,16 @@ import numpy as np
 import torch
 from streammoe_envs.task_families import TaskFamily
 
+from streammoe import checkpoint as ckpt
 from streammoe.control.t2mir.model import ICRLTransformer, KVCache
 from streammoe.runs import progress
 from streammoe.video import write_mp4
 
-__all__ = ["EvalResult", "evaluate_in_context", "play_episode", "prefill_context"]
+__all__ = ["EvalResult", "evaluate_in_context", "play_episode", "prefill_context", "read_eval_state"]
+
+EVAL_KIND = "streammoe.t2mir.eval"
+EVAL_VERSION = 2  # 1: a torch.save pickle (eval/<variant>.pt), no longer read
+EVAL_LABEL = "T2MIR evaluation state"
 
 
 @dataclass
@@ -130,10 +138,14 @@ def evaluate_in_context(model: ICRLTransformer, family: TaskFamily, tasks: np.nd
     hist_rew = np.zeros((n, n_episodes, horizon), np.float32)
     gen = torch.Generator().manual_seed(seed)
     start = 0
+    settings = {"tasks": np.asarray(tasks).tolist(), "n_episodes": int(n_episodes),
+                "context_episodes": int(context_episodes), "seed": int(seed), "sample": bool(sample)}
+    if state_path is not None:
+        ckpt.refuse_legacy(state_path, state_path.with_suffix(".pt"), EVAL_LABEL)
     if state_path is not None and state_path.is_file():
-        st = torch.load(state_path, weights_only=False)
-        if st["returns"].shape != returns.shape or not np.allclose(st["tasks"], tasks):
-            raise ValueError(f"{state_path} belongs to a different evaluation (tasks or episode count differ)")
+        st = read_eval_state(state_path, settings)
+        if st["returns"].shape != returns.shape or len(st["env_rng"]) != n:
+            raise ckpt.CheckpointError(f"{state_path} belongs to a different evaluation (array shapes differ)")
         start = int(st["done"])
         returns, hist_obs, hist_act, hist_rew = st["returns"], st["obs"], st["act"], st["rew"]
         task_counts, token_counts = st["task_counts"], st["token_counts"]
@@ -160,14 +172,23 @@ def evaluate_in_context(model: ICRLTransformer, family: TaskFamily, tasks: np.nd
             frames=frames if video_path is not None else None)
         returns[:, ep] = hist_rew[:, ep].sum(1)
         if state_path is not None:
-            state_path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"done": ep + 1, "tasks": np.asarray(tasks), "returns": returns, "obs": hist_obs,
-                        "act": hist_act, "rew": hist_rew, "task_counts": task_counts,
-                        "token_counts": token_counts, "gen": gen.get_state(),
-                        "env_rng": [env.unwrapped.np_random.bit_generator.state for env in envs]},
-                       state_path)
+            ckpt.save(state_path, {"done": ep + 1, "returns": returns, "obs": hist_obs, "act": hist_act,
+                                   "rew": hist_rew, "task_counts": task_counts, "token_counts": token_counts,
+                                   "gen": gen.get_state(),
+                                   "env_rng": [env.unwrapped.np_random.bit_generator.state for env in envs]},
+                      kind=EVAL_KIND, version=EVAL_VERSION, config={"evaluation": settings})
     for env in envs:
         env.close()
     if video_path is not None and frames:
         write_mp4(frames, video_path, fps=family.metadata_fps)
     return EvalResult(returns, task_counts, token_counts)
+
+
+def read_eval_state(path: str | Path, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The saved progress of an evaluation (``done`` episodes, ``returns``, ``obs`` / ``act`` /
+    ``rew`` histories, expert counts, RNG states); ``settings``: the evaluation's (tasks, episodes,
+    context episodes, seed, sampling), which the file's must equal."""
+    return ckpt.load(path, kind=EVAL_KIND, version=EVAL_VERSION, label=EVAL_LABEL,
+                     match=None if settings is None else {"evaluation": settings},
+                     hints={"evaluation": "It belongs to a different evaluation (tasks or episode count "
+                                          "differ): delete it, or use another run folder."}).state

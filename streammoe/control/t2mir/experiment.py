@@ -1,8 +1,8 @@
 """Hydra entry of T2MIR (``experiment=t2mir_pointrobot`` / ``t2mir_cheetahvel`` / ``t2mir_smoke``).
 
 Collect (or reuse) the training tasks' learning histories, then for every variant in
-``t2mir.variants``: train (resuming from ``checkpoints/<variant>.pt`` when the run folder has one),
-evaluate in context on the held-out tasks (resuming from ``eval/<variant>.pt``), and write
+``t2mir.variants``: train (resuming from ``checkpoints/<variant>.safetensors`` when the run folder has one),
+evaluate in context on the held-out tasks (resuming from ``eval/<variant>.safetensors``), and write
 ``metrics.json`` (``returns_per_episode`` per variant), ``returns.png`` and
 ``expert_assignment_<variant>.png``. Re-running with ``hydra.run.dir=<an earlier run folder>``
 resumes that run.
@@ -18,6 +18,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from streammoe_envs.task_families import TaskFamily, task_family
 
+from streammoe.control.t2mir.config import validated
 from streammoe.control.t2mir.data import History, ensure_dataset
 from streammoe.control.t2mir.evaluate import EvalResult, evaluate_in_context
 from streammoe.control.t2mir.model import ModelConfig, variant_flags
@@ -49,9 +50,10 @@ def collector_spec(c: DictConfig) -> dict[str, Any]:
     return {"name": name, **OmegaConf.to_container(c.collector[name], resolve=True)}
 
 
-def _recorder(run_dir: Path) -> RunRecorder:
+def _recorder(run_dir: Path, tensorboard: bool = False) -> RunRecorder:
     """A RunRecorder that keeps the rows of an earlier (interrupted) run in the same folder, up to
-    each variant's checkpoint (later rows will be logged again by the resumed training)."""
+    each variant's checkpoint (later rows will be logged again by the resumed training); the kept
+    rows go to metrics.csv only (their TensorBoard events are in the earlier run's event file)."""
     old: list[dict[str, str]] = []
     path = run_dir / "metrics.csv"
     if path.is_file():
@@ -61,13 +63,13 @@ def _recorder(run_dir: Path) -> RunRecorder:
     for row in old:
         v = row["variant"]
         if v not in saved_step:
-            ck = run_dir / "checkpoints" / f"{v}.pt"
+            ck = run_dir / "checkpoints" / f"{v}.safetensors"
             saved_step[v] = checkpoint_step(ck) if ck.is_file() else 0
-    rec = RunRecorder(run_dir)
+    rec = RunRecorder(run_dir, tensorboard=tensorboard)
     for row in old:
         if float(row["step"]) > saved_step[row["variant"]]:
             continue
-        rec.log(**{k: _parse(v) if k != "variant" else v for k, v in row.items()})
+        rec.log_row({k: _parse(v) if k != "variant" else v for k, v in row.items()}, tensorboard=False)
     return rec
 
 
@@ -81,26 +83,28 @@ def _parse(v: str | None) -> int | float | None:
 
 
 def run_t2mir(c: DictConfig, run_dir: Path, seed: int, device_name: str = "auto",
-              echo: bool = True) -> dict[str, Any]:
-    """Collect/reuse data, train and evaluate every variant; write figures and metrics."""
+              echo: bool = True, tensorboard: bool = False) -> dict[str, Any]:
+    """Collect/reuse data, train and evaluate every variant; write figures and metrics (and, with
+    ``tensorboard``, TensorBoard events in ``<run_dir>/tensorboard``, SB3 collectors' included)."""
     device = resolve_device(device_name)
     run_dir = Path(run_dir)
     for v in c.variants:
         variant_flags(v)  # fail on a typo before any work
     family = family_from_config(c)
-    folder, manifest, histories = ensure_dataset(c.data_dir, family, c.n_episodes, collector_spec(c), c.data_seed)
+    rec = _recorder(run_dir, tensorboard)
+    folder, manifest, histories = ensure_dataset(c.data_dir, family, c.n_episodes, collector_spec(c), c.data_seed,
+                                                 tensorboard_log=rec.sb3_tensorboard_log("collect"))
     model_cfg, tcfg = build_configs(c, family, histories)
-    rec = _recorder(run_dir)
     results: dict[str, EvalResult] = {}
     train_info: dict[str, dict[str, float]] = {}
     for variant in c.variants:
         model, info = train_variant(variant, model_cfg, tcfg, histories, device, seed,
-                                    ckpt_path=run_dir / "checkpoints" / f"{variant}.pt", log=rec.log)
+                                    ckpt_path=run_dir / "checkpoints" / f"{variant}.safetensors", log=rec.log)
         train_info[variant] = info
         results[variant] = evaluate_in_context(
             model, family, family.test_tasks, c.eval.n_episodes,
             c.eval.context_episodes or tcfg.context_episodes, seed=seed + 12345, sample=c.eval.sample,
-            state_path=run_dir / "eval" / f"{variant}.pt",
+            state_path=run_dir / "eval" / f"{variant}.safetensors",
             video_path=run_dir / f"rollout_{variant}.mp4" if c.eval.video else None)
 
     data_returns = np.stack([h.returns for h in histories])  # (tasks, episodes)
@@ -134,7 +138,8 @@ def run_t2mir(c: DictConfig, run_dir: Path, seed: int, device_name: str = "auto"
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Hydra entry: ``cfg.t2mir`` holds the system's config."""
-    return run_t2mir(cfg.t2mir, run_dir, seed=int(cfg.seed), device_name=cfg.device)
+    validated(cfg)  # every key's type and range, device (t2mir/config.py)
+    return run_t2mir(cfg.t2mir, run_dir, seed=int(cfg.seed), device_name=cfg.device, tensorboard=cfg.tensorboard)
 
 
 def _plot_returns(results: dict[str, EvalResult], path: Path, family: str) -> None:

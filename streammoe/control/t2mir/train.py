@@ -10,6 +10,11 @@ last position (its input is the mean hidden state over the whole window, which i
 the key is the same from an EMA copy of the task router applied to the detached representation; ``bilinear`` scores ``q W k^T`` with a learned
 ``W`` (CURL / the paper) and ``info_nce`` uses cosine similarity with a temperature. Both views of a
 task (and the query's own key) are positives.
+
+Checkpoints (``checkpoints/<variant>.safetensors`` in a run folder) use :mod:`streammoe.checkpoint`:
+weights, optimiser / scheduler / RNG state as tensors and JSON, and the config sections a resumed
+run must match (variant, model config, train config less ``log_every`` / ``ckpt_every``, training
+data fingerprint). Nothing in them is unpickled.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from streammoe import checkpoint as ckpt
 from streammoe.control.t2mir.data import ContextSampler, History
 from streammoe.control.t2mir.model import ICRLTransformer, ModelConfig, gaussian_nll, variant_flags
 from streammoe.routing import (
@@ -36,9 +42,17 @@ from streammoe.routing import (
 )
 from streammoe.runs import progress
 
-__all__ = ["CKPT_FORMAT", "TrainConfig", "Trainer", "checkpoint_step", "load_checkpoint", "train_variant"]
+__all__ = ["CKPT_FORMAT", "TrainConfig", "Trainer", "checkpoint_step", "load_checkpoint", "read_checkpoint",
+           "train_variant"]
 
-CKPT_FORMAT = "streammoe.t2mir.checkpoint/1"
+CKPT_FORMAT = "streammoe.t2mir.checkpoint"  # the checkpoint's kind
+CKPT_VERSION = 2  # 1: a torch.save pickle (checkpoints/<variant>.pt), no longer read
+LABEL = "T2MIR checkpoint"
+HINTS = {"variant": "Use a fresh run folder.",
+         "model_config": "Use a fresh run folder.",
+         "train_config": "Use a fresh run folder.",
+         "data_fingerprint": "The checkpoint was trained on different learning histories than this run's "
+                             "dataset: use a fresh run folder."}
 # metrics.csv columns after (variant, step, lr); None where a variant has no such loss
 LOG_KEYS = ("loss", "nll", "action_mse", "balance", "contrastive", "grad_norm")
 
@@ -120,7 +134,7 @@ class Trainer:
     # ----- checkpoint ---------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         return {
-            "format": CKPT_FORMAT, "variant": self.variant, "seed": self.seed,
+            "variant": self.variant, "seed": self.seed,
             "model_config": self.model.cfg.to_dict(), "train_config": vars(self.tcfg),
             "model": self.model.state_dict(),
             "key_router": None if self.key_router is None else self.key_router.state_dict(),
@@ -133,23 +147,17 @@ class Trainer:
             "router_generators": {k: g.get_state() for k, g in self.model.router_generators().items()},
         }
 
+    def config_sections(self) -> dict[str, Any]:
+        """What a run resuming from this trainer's checkpoint must share with it (resuming with
+        another schedule or other data would silently mix two runs)."""
+        sections = {"variant": self.variant, "model_config": self.model.cfg.to_dict(),
+                    "train_config": {k: v for k, v in vars(self.tcfg).items() if k not in _RESUMABLE_KEYS}}
+        if self.sampler is not None:
+            sections["data_fingerprint"] = self.sampler.fingerprint
+        return sections
+
     def load_state(self, ck: Mapping[str, Any]) -> None:
-        if ck.get("variant") != self.variant:
-            raise ValueError(f"checkpoint is for variant {ck.get('variant')!r}, not {self.variant!r}")
-        if ck["model_config"] != self.model.cfg.to_dict():
-            raise ValueError("checkpoint model_config differs from the config of this run: "
-                             f"{ck['model_config']} vs {self.model.cfg.to_dict()}")
-        # Resuming with another schedule or other data would silently mix two runs.
-        saved_tcfg = {k: v for k, v in ck["train_config"].items() if k not in _RESUMABLE_KEYS}
-        this_tcfg = {k: v for k, v in vars(self.tcfg).items() if k not in _RESUMABLE_KEYS}
-        if saved_tcfg != this_tcfg:
-            diff = sorted(k for k in this_tcfg if saved_tcfg.get(k) != this_tcfg[k])
-            raise ValueError(f"checkpoint train_config differs from the config of this run in {diff}: "
-                             "use a fresh run folder")
-        saved_data = ck.get("data_fingerprint")
-        if self.sampler is not None and saved_data is not None and saved_data != self.sampler.fingerprint:
-            raise ValueError("checkpoint was trained on different learning histories than this run's "
-                             "dataset: use a fresh run folder")
+        """Restore a state read by :func:`read_checkpoint` with ``match=self.config_sections()``."""
         self.model.load_state_dict(ck["model"])
         if self.key_router is not None:
             self.key_router.load_state_dict(ck["key_router"])
@@ -167,10 +175,8 @@ class Trainer:
             gens[name].set_state(state)
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(self.state(), tmp)
-        tmp.replace(path)  # atomic: a crash while saving keeps the previous checkpoint
+        """Write the checkpoint atomically: a crash while saving keeps the previous one."""
+        ckpt.save(path, self.state(), kind=CKPT_FORMAT, version=CKPT_VERSION, config=self.config_sections())
 
     # ----- one step -----------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
@@ -229,8 +235,10 @@ def train_variant(variant: str, model_cfg: ModelConfig, tcfg: TrainConfig, histo
     trainer = Trainer(variant, model_cfg, tcfg, device, sampler, seed)
     set_normalisation(trainer.model, histories)
     resumed_from = 0
+    if ckpt_path is not None:
+        ckpt.refuse_legacy(ckpt_path, ckpt_path.with_suffix(".pt"), LABEL)
     if ckpt_path is not None and ckpt_path.is_file():
-        trainer.load_state(_read(ckpt_path))
+        trainer.load_state(read_checkpoint(ckpt_path, match=trainer.config_sections()))
         resumed_from = trainer.step
     else:
         torch.manual_seed(seed + 7)  # dropout masks
@@ -257,25 +265,21 @@ def train_variant(variant: str, model_cfg: ModelConfig, tcfg: TrainConfig, histo
                            "steps": float(trainer.step), "resumed_from": float(resumed_from)}
 
 
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means the file is unusable
-        raise ValueError(f"cannot read T2MIR checkpoint {path}: {type(e).__name__}: {e}") from e
-    if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT:
-        raise ValueError(f"{path} is not a T2MIR checkpoint (format {CKPT_FORMAT!r} expected)")
-    return ck
+def read_checkpoint(path: str | Path, match: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The state of a T2MIR checkpoint (checked; ``match``: config sections it must have)."""
+    return ckpt.load(path, kind=CKPT_FORMAT, version=CKPT_VERSION, label=LABEL, match=match,
+                     hints=HINTS).state
 
 
 def checkpoint_step(path: str | Path) -> int:
     """Training step a checkpoint was saved at."""
-    return int(_read(Path(path))["step"])
+    return int(read_checkpoint(path)["step"])
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
                     ) -> tuple[ICRLTransformer, dict[str, Any]]:
-    """Rebuild the trained model from a checkpoint (eval mode) and return it with the raw dict."""
-    ck = _read(Path(path))
+    """Rebuild the trained model from a checkpoint (eval mode) and return it with the raw state."""
+    ck = read_checkpoint(path)
     model = ICRLTransformer(ModelConfig(**ck["model_config"]))
     model.load_state_dict(ck["model"])
     return model.to(device).eval(), ck
