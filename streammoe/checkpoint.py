@@ -246,9 +246,16 @@ def save(path: str | Path, state: Any, *, kind: str, version: int,
     return path
 
 
-def _sniff(path: Path) -> bytes:
+def _looks_like_pickle(path: Path) -> bool:
+    """A pickle or torch.save file, told apart from a safetensors file by structure first: a
+    safetensors file starts with its JSON header's length (8 bytes, little-endian) and then ``{``,
+    and that length may itself begin with the byte 0x80 that opens a pickle."""
+    size = path.stat().st_size
     with path.open("rb") as f:
-        return f.read(8)
+        head = f.read(9)
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") + 8 <= size:
+        return False
+    return head.startswith(_PICKLE_MAGIC) or head.startswith(_ZIP_MAGIC)
 
 
 def load(path: str | Path, *, kind: str, version: int, label: str | None = None,
@@ -264,8 +271,7 @@ def load(path: str | Path, *, kind: str, version: int, label: str | None = None,
     label = label or f"{kind} checkpoint"
     if not path.is_file():
         raise FileNotFoundError(f"no {label} at {path}")
-    head = _sniff(path)
-    if head.startswith(_PICKLE_MAGIC) or head.startswith(_ZIP_MAGIC):
+    if _looks_like_pickle(path):
         raise CheckpointError(
             f"{path} is not a {label}: it is a pickle / torch.save file (older streammoe versions wrote "
             "those), and streammoe never unpickles a file, since unpickling can run code. Re-create it "
