@@ -12,17 +12,21 @@ ARGS ?=
 
 PIP = $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-# Re-runs when pyproject.toml changes, into the existing venv. An in-place upgrade of mujoco 3.x
-# to 4.x (split into mujoco + mujoco-core + mujoco-studio) deletes files the new mujoco-core just
-# wrote, leaving `import mujoco` broken; so when mujoco does not import, its distributions are
-# reinstalled at the versions pip resolved. The last line fails the install unless the venv works.
+# Re-runs when pyproject.toml changes, into the existing venv. MuJoCo 4 ships as mujoco +
+# mujoco-core + mujoco-studio, MuJoCo 3 as mujoco alone; switching between them in place (the `vla`
+# extra's metaworld pins mujoco==3.3.0) leaves a stray or half-deleted mujoco-core and a broken
+# `import mujoco`. So when mujoco does not import, the split packages are removed and mujoco is
+# reinstalled, with its own dependencies, at the version pip resolved. The last line fails the
+# install unless the venv works.
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) "$(TORCH_SPEC)"
-	$(PIP) -e ".[dev,data,cluster]"
-	$(BIN)/python -c "import mujoco" 2>/dev/null || $(PIP) --force-reinstall --no-deps \
-	  $$($(BIN)/python -m pip list --format=freeze --disable-pip-version-check | grep -iE '^mujoco(-core|-studio)?==')
-	$(BIN)/python -c "import mujoco, torch, streammoe, streammoe_envs, hydra_plugins.hydra_submitit_launcher"
+	$(PIP) -e ".[dev,data,cluster,vla]"
+	$(BIN)/python -c "import mujoco" 2>/dev/null || { \
+	  version=$$($(BIN)/python -m pip show mujoco 2>/dev/null | sed -n 's/^Version: //p'); \
+	  $(BIN)/python -m pip uninstall --yes --quiet mujoco-core mujoco-studio; \
+	  $(PIP) --force-reinstall "mujoco==$$version"; }
+	$(BIN)/python -c "import mujoco, metaworld, torch, streammoe, streammoe_envs, hydra_plugins.hydra_submitit_launcher"
 	touch $@
 
 install: $(BIN)/.installed

@@ -4,8 +4,9 @@
 # untracked-but-not-ignored; no stale build/), installs it with its dependencies into a fresh venv
 # (torch first: TORCH_SPEC, as in the Makefile), and from a folder outside the checkout:
 #   1. checks that streammoe, its configs and streammoe_envs come from the installed wheel,
-#   2. runs `streammoe-run experiment=router_demo` (500 steps) and `experiment=driftmoe_smoke`,
-#      each of which must write metrics.json,
+#   2. runs `streammoe-run experiment=router_demo` (500 steps), `experiment=driftmoe_smoke` and
+#      `experiment=mergevla_smoke` (the `vla` extra: Meta-World on MuJoCo 3.3.0, PEFT, h5py), each
+#      of which must write metrics.json,
 #   3. runs tests/test_cluster_launchers.py against the installed package: a 2-job sweep through
 #      hydra/launcher=submitit_local and one through hydra/launcher=ray on a local Ray instance.
 #      Ray lives only in this venv: the `ray` extra pins cloudpickle<3, which would downgrade
@@ -48,8 +49,8 @@ step "build the wheel"
 (cd "$WORK/src" && "$PY" -m pip wheel --quiet --disable-pip-version-check --no-deps . -w "$WORK/dist")
 WHEEL=$(ls "$WORK"/dist/streammoe-*.whl)
 
-step "install $(basename "$WHEEL")[cluster,ray] and pytest"
-"${PIP[@]}" "$WHEEL[cluster,ray]" pytest
+step "install $(basename "$WHEEL")[cluster,ray,vla] and pytest"
+"${PIP[@]}" "$WHEEL[cluster,ray,vla]" pytest
 "$PY" -m pip check --disable-pip-version-check
 
 mkdir -p "$WORK/run"
@@ -59,6 +60,7 @@ unset PYTHONPATH STREAMMOE_CONF
 
 step "imports come from the wheel"
 "$PY" - <<'EOF'
+import mujoco, metaworld, peft  # the vla extra resolved in one pip call: MuJoCo imports
 import streammoe, streammoe_envs, hydra_plugins.hydra_ray_launcher, hydra_plugins.hydra_submitit_launcher
 from streammoe.cli import CONF_DIR
 from streammoe_envs.skillblend.base import ASSETS
@@ -70,7 +72,7 @@ assert (CONF_DIR / "experiment" / "driftmoe.yaml").is_file() and (ASSETS / "robo
 EOF
 
 # router_demo at 500 steps instead of 2000: the same code path, seconds even on a busy machine
-for run in "router_demo demo.steps=500" driftmoe_smoke; do
+for run in "router_demo demo.steps=500" driftmoe_smoke mergevla_smoke; do
   exp=${run%% *}
   step "streammoe-run experiment=$run"
   # shellcheck disable=SC2086  # $run is the experiment plus its overrides

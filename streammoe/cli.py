@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from streammoe.config import RootConfig, register_schemas, validate
 from streammoe.control.macrohft.config import MacroHFTExperiment
+from streammoe.control.mergevla.config import MergeVLAExperiment
 from streammoe.control.skillblend.config import SkillBlendExperiment, SkillTrainingExperiment
 from streammoe.control.t2mir.config import T2MIRExperiment
 from streammoe.demo_config import RouterDemoExperiment
@@ -34,6 +35,7 @@ from streammoe.stream.config import DriftMoEExperiment
 SCHEMAS: dict[str, type[RootConfig]] = {
     "driftmoe": DriftMoEExperiment,
     "macrohft": MacroHFTExperiment,
+    "mergevla": MergeVLAExperiment,
     "skillblend": SkillBlendExperiment,
     "skillblend_skills": SkillTrainingExperiment,
     "t2mir": T2MIRExperiment,

@@ -25,7 +25,8 @@ from tests.conftest import compose_config
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 SMOKES = {"driftmoe_smoke": "driftmoe", "macrohft_smoke": "macrohft",
-          "skillblend_smoke": "skillblend", "t2mir_smoke": "t2mir_pointrobot"}
+          "skillblend_smoke": "skillblend", "t2mir_smoke": "t2mir_pointrobot",
+          "mergevla_smoke": "mergevla"}
 
 
 def _message(err: BaseException) -> str:
@@ -86,6 +87,8 @@ AT_COMPOSITION = [
     ("t2mir_smoke", "t2mir.model.d_model=1.5", "t2mir.model.d_model"),
     ("router_demo", "tensorboard=maybe", "tensorboard"),
     ("router_demo", "demo.stepz=3", "demo.stepz"),
+    ("mergevla_smoke", "mergevla.model.d_model=abc", "mergevla.model.d_model"),
+    ("mergevla_smoke", "mergevla.vision=maybe", "mergevla.vision"),
 ]
 
 AT_ENTRY = [
@@ -113,6 +116,16 @@ AT_ENTRY = [
     ("t2mir_smoke", "t2mir.train.batch_size=0", "t2mir.train.batch_size"),
     ("t2mir_smoke", "t2mir.model.token_k=9", "t2mir.model.token_k"),
     ("t2mir_smoke", "t2mir.variants=[ad,nope]", "t2mir.variants[1]"),
+    ("mergevla_smoke", "mergevla.suites=[drawer,kitchen]", "mergevla.suites[1]"),
+    ("mergevla_smoke", "mergevla.suites=[drawer]", "mergevla.suites"),
+    ("mergevla_smoke", "mergevla.model.d_model=0", "mergevla.model.d_model"),
+    ("mergevla_smoke", "mergevla.expert.lora_rank=0", "mergevla.expert.lora_rank"),
+    ("mergevla_smoke", "mergevla.expert.targets=noisy", "mergevla.expert.targets"),
+    ("mergevla_smoke", "mergevla.eval.episodes_per_task=5", "mergevla.eval.episodes_per_task"),
+    ("mergevla_smoke", "mergevla.eval.variants=[ties+mask/psychic]", "mergevla.eval.variants[0]"),
+    ("mergevla_smoke", "mergevla.eval.video_variant=ties/router", "mergevla.eval.video_variant"),
+    ("mergevla_smoke", "mergevla.router.k=17", "mergevla.router.k"),  # > d_model
+    ("mergevla_smoke", "mergevla.merge.ties_density=0", "mergevla.merge.ties_density"),
     ("router_demo", "demo.batch_size=0", "demo.batch_size"),
     ("router_demo", "demo.hidden=[0]", "demo.hidden[0]"),
     ("router_demo", "demo.top_k=5", "demo.top_k"),  # > n_experts
@@ -166,7 +179,7 @@ def test_cli_names_the_key_of_a_wrong_type(tmp_path):
 
 # ----------------------------------------------------------------------------- device
 DEVICE_EXPERIMENTS = ["driftmoe_smoke", "macrohft_smoke", "skillblend_smoke", "skillblend_skills",
-                      "t2mir_smoke", "router_demo"]
+                      "t2mir_smoke", "router_demo", "mergevla_smoke"]
 
 
 @pytest.mark.parametrize("experiment", DEVICE_EXPERIMENTS)
@@ -208,6 +221,10 @@ SIZE_KEYS = {  # what a smoke config may change: sizes and budgets (and its name
     "log_every", "ckpt_every",
     "device",  # skillblend_smoke: the tests' SB3 runs stay on the CPU on a GPU machine
     "data",    # macrohft_smoke: the synthetic market instead of a download
+    # mergevla_smoke: fewer suites, held-out variations, layers and variants; the object state
+    # instead of images (the issue's fast path for tests)
+    "suites", "vision", "episodes_per_task", "n_heldout", "n_layers", "lora_rank", "k", "variants",
+    "ablation_variants", "video_size",
 }
 
 

@@ -1,0 +1,198 @@
+"""Benchmark MergeVLA: individual experts vs merged policies, masks on/off, oracle suite vs router.
+
+For every seed, the experiment's stages run (``Pipeline``: demonstrations, base, one expert per
+suite; each cached under ``mergevla.data_dir``, so the bench resumes where it stopped and shares
+the demonstrations across seeds), then every variant of the grid is evaluated on the held-out
+variations (each evaluation is cached too):
+
+* ``experts/oracle`` (each suite's own expert), ``base/single`` (no expert: what pre-training
+  alone does), ``naive_full/single`` (every weight averaged, one model);
+* ``<merge>[+mask]/<route>`` for merge in average, task arithmetic, TIES; with and without TALL
+  masks; with the oracle suite id and with the test-time router (expert heads always per suite);
+* the self-attention action head (``--ablation``), merged the same way.
+
+Prints a table (success per suite, mean over seeds with the spread and a 95 % interval over
+seeds; router accuracy; routing overhead) and writes ``bench.json`` and ``bench.md`` into
+``--out``; ``--videos DIR`` films one episode per suite of ``--video-variant`` (seed 0).
+
+    python scripts/bench_mergevla.py --seeds 0 1 2 --out results/mergevla/state -- mergevla.vision=false
+    python scripts/bench_mergevla.py --seeds 0 1 2 --out results/mergevla/vision
+    python scripts/bench_mergevla.py --experiment mergevla_smoke --seeds 0 --out /tmp/b   # seconds
+
+``--jobs 2`` runs seeds in parallel processes (one torch thread each). Extra Hydra overrides go
+after ``--``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MERGES = ("average", "task_arithmetic", "ties")
+GRID = ("experts/oracle", "base/single", "naive_full/single",
+        *(f"{m}{mask}/{route}" for m in MERGES for mask in ("", "+mask") for route in ("oracle", "router")))
+ABLATION = ("experts/oracle", "naive_full/single", "ties/oracle", "ties+mask/oracle", "ties+mask/router")
+
+
+def _compose(experiment: str, overrides: list[str]) -> Any:
+    from hydra import compose, initialize_config_dir
+
+    from streammoe.cli import CONF_DIR
+    from streammoe.config import validate
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"experiment={experiment}", *overrides])
+    validate(cfg)
+    return cfg
+
+
+def run_seed(experiment: str, overrides: list[str], seed: int, variants: list[str], ablation: list[str],
+             threads: int | None) -> dict[str, Any]:
+    """Every variant of one seed (stages and evaluations cached); ``{name: summary}``."""
+    import torch
+
+    from streammoe.control.mergevla.evaluate import summarise
+    from streammoe.control.mergevla.experiment import Pipeline
+    from streammoe.devices import resolve_device, seed_everything
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = _compose(experiment, overrides)
+    seed_everything(seed)
+    pipe = Pipeline(cfg.mergevla, seed, resolve_device(cfg.device))
+    out: dict[str, Any] = {}
+    for head, names in (("cross_attention", variants), ("self_attention", ablation)):
+        for variant in names:
+            t0 = time.perf_counter()
+            result, cached = pipe.evaluate(head, variant)
+            s = summarise(result, pipe.suites)
+            s["seconds"] = result.seconds
+            key = variant if head == "cross_attention" else f"self_attention:{variant}"
+            out[key] = s
+            print(f"seed {seed} {key:40s} success {100 * s['success']:5.1f} %"
+                  + (f"  router {100 * s['router_accuracy']:5.1f} %" if "router_accuracy" in s else "")
+                  + ("  (cached)" if cached else f"  ({time.perf_counter() - t0:.0f} s)"), flush=True)
+    merged = {}
+    for m in MERGES:
+        if any(v.startswith(f"{m}+mask") for v in variants):
+            merged[m] = pipe.merge("cross_attention", m).stats.to_dict()
+    _, _, info = pipe.demos()
+    return {"variants": out, "mask_stats": merged, **info}
+
+
+def _interval(values: list[float]) -> tuple[float, float, float, float]:
+    """Mean, standard deviation and a 95 % t-interval over seeds."""
+    from scipy import stats
+
+    x = np.asarray(values, float)
+    mean = float(x.mean())
+    if len(x) < 2:
+        return mean, 0.0, mean, mean
+    sd = float(x.std(ddof=1))
+    half = float(stats.t.ppf(0.975, len(x) - 1) * sd / np.sqrt(len(x)))
+    return mean, sd, max(0.0, mean - half), min(1.0, mean + half)  # rates: the interval clipped to [0, 1]
+
+
+def aggregate(per_seed: dict[int, dict[str, Any]], suites: list[str]) -> dict[str, Any]:
+    names = list(next(iter(per_seed.values()))["variants"])
+    table = {}
+    for name in names:
+        runs = [per_seed[s]["variants"][name] for s in per_seed]
+        row: dict[str, Any] = {"success": _interval([r["success"] for r in runs]),
+                               "success_per_suite": {su: _interval([r["success_per_suite"][su] for r in runs])
+                                                     for su in suites},
+                               "per_seed": [r["success"] for r in runs]}
+        if "router_accuracy" in runs[0]:
+            row["router_accuracy"] = _interval([r["router_accuracy"] for r in runs])
+            row["route_overhead"] = _interval([r["route_overhead"] for r in runs])
+            row["route_s_per_episode"] = float(np.mean([r["seconds"]["route"] / r["episodes"] for r in runs]))
+            row["episode_s"] = float(np.mean([r["seconds"]["total"] / r["episodes"] for r in runs]))
+        table[name] = row
+    return table
+
+
+def markdown(table: dict[str, Any], suites: list[str], title: str) -> str:
+    head = "| variant | success % (mean ± sd, 95 % CI) | " + " | ".join(suites) + " | router acc % | route overhead % |"
+    lines = [f"### {title}", "", head, "|" + "---|" * (len(suites) + 4)]
+    for name, r in table.items():
+        m, sd, lo, hi = r["success"]
+        cells = [f"{100 * r['success_per_suite'][s][0]:.1f}" for s in suites]
+        acc = f"{100 * r['router_accuracy'][0]:.1f}" if "router_accuracy" in r else ""
+        ovh = f"{100 * r['route_overhead'][0]:.2f}" if "route_overhead" in r else ""
+        lines.append(f"| {name} | {100 * m:.1f} ± {100 * sd:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] | "
+                     + " | ".join(cells) + f" | {acc} | {ovh} |")
+    return "\n".join(lines) + "\n"
+
+
+def film(experiment: str, overrides: list[str], variant: str, out: Path) -> dict[str, Any]:
+    from streammoe.control.mergevla.evaluate import summarise
+    from streammoe.control.mergevla.experiment import Pipeline
+    from streammoe.devices import resolve_device
+
+    cfg = _compose(experiment, overrides)
+    pipe = Pipeline(cfg.mergevla, 0, resolve_device(cfg.device))
+    result, _ = pipe.evaluate("cross_attention", variant, video_dir=out)
+    return summarise(result, pipe.suites)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--experiment", default="mergevla")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--variants", nargs="+", default=list(GRID))
+    ap.add_argument("--ablation", nargs="*", default=list(ABLATION),
+                    help="variants with the self-attention action head (none: --ablation)")
+    ap.add_argument("--jobs", type=int, default=1, help="seeds in parallel processes")
+    ap.add_argument("--out", type=Path, default=Path("outputs/bench_mergevla"))
+    ap.add_argument("--videos", type=Path, default=None, help="film one episode per suite here")
+    ap.add_argument("--video-variant", default="ties+mask/router")
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides (after --)")
+    args = ap.parse_args()
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    cfg = _compose(args.experiment, args.overrides)  # fails early on a bad override
+    suites = list(cfg.mergevla.suites)
+    start = time.perf_counter()
+    if args.jobs > 1:
+        # the demonstrations first (shared by every seed), then the seeds in parallel
+        from streammoe.control.mergevla.experiment import Pipeline
+        from streammoe.devices import resolve_device
+
+        Pipeline(cfg.mergevla, args.seeds[0], resolve_device(cfg.device)).demos()
+        with mp.get_context("spawn").Pool(args.jobs) as pool:
+            outs = pool.starmap(run_seed, [(args.experiment, args.overrides, s, args.variants,
+                                            args.ablation, 1) for s in args.seeds])
+    else:
+        outs = [run_seed(args.experiment, args.overrides, s, args.variants, args.ablation, None)
+                for s in args.seeds]
+    per_seed = dict(zip(args.seeds, outs))
+    table = aggregate(per_seed, suites)
+    title = f"MergeVLA {args.experiment} {' '.join(args.overrides)} (seeds {args.seeds})"
+    md = markdown(table, suites, title)
+    print(md)
+    args.out.mkdir(parents=True, exist_ok=True)
+    videos = None
+    if args.videos is not None:
+        videos = film(args.experiment, args.overrides, args.video_variant, args.videos)
+    (args.out / "bench.md").write_text(md)
+    (args.out / "bench.json").write_text(json.dumps({
+        "experiment": args.experiment, "overrides": args.overrides, "seeds": args.seeds,
+        "suites": suites, "table": table, "per_seed": per_seed,
+        "config": _plain(cfg.mergevla), "video_run": videos,
+        "wall_seconds": time.perf_counter() - start}, indent=1))
+
+
+def _plain(c: Any) -> Any:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(c, resolve=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""Schema of ``experiment=mergevla`` / ``mergevla_smoke`` (``cfg.mergevla``), see
+:mod:`streammoe.config` for how schemas are registered and checked.
+
+``device`` places the policy (training and evaluation); Meta-World simulates on the CPU. ``auto``
+takes CUDA when torch sees a GPU, ``cuda`` without one is an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from omegaconf import MISSING, DictConfig
+
+from streammoe.config import (
+    ConfigError,
+    RootConfig,
+    at_least,
+    greater_than,
+    in_range,
+    non_empty,
+    one_of,
+    validate,
+)
+
+__all__ = ["MERGE_METHODS", "MergeVLAConfig", "MergeVLAExperiment", "ROUTES", "validated",
+           "variant_parts"]
+
+SUITE_NAMES = ("reach_push", "drawer", "door_window", "button")
+MERGE_METHODS = ("average", "task_arithmetic", "ties")
+ROUTES = ("oracle", "router")
+ACTION_HEADS = ("cross_attention", "self_attention")
+LORA_TARGETS = ("backbone", "backbone_attention")
+
+
+def variant_parts(name: str) -> tuple[str, bool, str]:
+    """``"<merge>[+mask]/<route>"`` -> ``(merge, masked, route)``; ``merge`` is ``experts``,
+    ``naive_full``, ``base`` or a merge method. Raises naming the grammar.
+
+    >>> variant_parts("ties+mask/router"), variant_parts("naive_full/single")
+    (('ties', True, 'router'), ('naive_full', False, 'single'))
+    """
+    grammar = ("variants are 'experts/oracle', 'naive_full/single', 'base/single' or "
+               f"'<merge>[+mask]/<route>' with merge in {list(MERGE_METHODS)} and route in {list(ROUTES)}")
+    merge, sep, route = str(name).partition("/")
+    masked = merge.endswith("+mask")
+    merge = merge.removesuffix("+mask")
+    if not sep:
+        raise ConfigError(f"variant {name!r} has no '/<route>'; {grammar}")
+    if merge in ("naive_full", "base"):
+        ok = route == "single" and not masked
+    elif merge == "experts":
+        ok = route == "oracle" and not masked
+    else:
+        ok = merge in MERGE_METHODS and route in ROUTES
+    if not ok:
+        raise ConfigError(f"unknown variant {name!r}; {grammar}")
+    return merge, masked, route
+
+
+@dataclass
+class DemoSettings:
+    episodes_per_task: int = MISSING
+    action_noise: float = MISSING
+    seed: int = MISSING
+    n_heldout: int = MISSING
+    split_seed: int = MISSING
+    min_success: float = MISSING
+
+    def check(self, at: str) -> None:
+        at_least(f"{at}episodes_per_task", self.episodes_per_task, 1)
+        at_least(f"{at}action_noise", self.action_noise, 0.0)
+        in_range(f"{at}n_heldout", self.n_heldout, 1, 49)
+        in_range(f"{at}min_success", self.min_success, 0.0, 1.0)
+
+
+@dataclass
+class ModelSettings:
+    patch_size: int = MISSING
+    d_model: int = MISSING
+    n_layers: int = MISSING
+    n_heads: int = MISSING
+    ffn_mult: int = MISSING
+    chunk: int = MISSING
+    task_stream: bool = MISSING
+    task_gate_init: float = MISSING
+    dropout: float = MISSING
+
+    def check(self, at: str) -> None:
+        for key in ("patch_size", "d_model", "n_heads", "ffn_mult", "chunk"):
+            at_least(f"{at}{key}", getattr(self, key), 1)
+        at_least(f"{at}n_layers", self.n_layers, 2)
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"{at}d_model must be a multiple of {at}n_heads ({self.n_heads}), "
+                              f"got {self.d_model}")
+        in_range(f"{at}dropout", self.dropout, 0.0, 1.0, high_open=True)
+
+
+@dataclass
+class StageTrainSettings:
+    steps: int = MISSING
+    batch_size: int = MISSING
+    lr: float = MISSING
+    weight_decay: float = MISSING
+    grad_clip: float = MISSING
+    shift: int = MISSING          # image shift augmentation, pixels (0: off)
+    log_every: int = MISSING
+
+    def check(self, at: str) -> None:
+        at_least(f"{at}steps", self.steps, 1)
+        at_least(f"{at}batch_size", self.batch_size, 1)
+        greater_than(f"{at}lr", self.lr, 0.0)
+        at_least(f"{at}weight_decay", self.weight_decay, 0.0)
+        greater_than(f"{at}grad_clip", self.grad_clip, 0.0)
+        at_least(f"{at}shift", self.shift, 0)
+        at_least(f"{at}log_every", self.log_every, 1)
+
+
+@dataclass
+class ExpertSettings(StageTrainSettings):
+    lora_rank: int = MISSING
+    lora_alpha: float = MISSING
+    lora_target: str = MISSING
+    targets: str = MISSING        # actions | expert_actions
+
+    def check(self, at: str) -> None:
+        super().check(at)
+        at_least(f"{at}lora_rank", self.lora_rank, 1)
+        greater_than(f"{at}lora_alpha", self.lora_alpha, 0.0)
+        one_of(f"{at}lora_target", self.lora_target, LORA_TARGETS)
+        one_of(f"{at}targets", self.targets, ("actions", "expert_actions"))
+
+
+@dataclass
+class MergeSettings:
+    ties_density: float = MISSING
+    task_arithmetic_scale: float = MISSING
+    lam: float = MISSING
+
+    def check(self, at: str) -> None:
+        in_range(f"{at}ties_density", self.ties_density, 0.0, 1.0, low_open=True)
+        greater_than(f"{at}task_arithmetic_scale", self.task_arithmetic_scale, 0.0)
+        at_least(f"{at}lam", self.lam, 0.0)
+
+
+@dataclass
+class RouterSettings:
+    k: int = MISSING
+    temperature: float = MISSING
+
+    def check(self, at: str) -> None:
+        at_least(f"{at}k", self.k, 1)
+        greater_than(f"{at}temperature", self.temperature, 0.0)
+
+
+@dataclass
+class EvalSettings:
+    episodes_per_task: int = MISSING   # one per held-out variation
+    variants: list[str] = MISSING
+    ablation_variants: list[str] = MISSING  # run with action_head=self_attention
+    video: bool = MISSING
+    video_variant: str = MISSING
+    video_size: int = MISSING
+
+    def check(self, at: str) -> None:
+        at_least(f"{at}episodes_per_task", self.episodes_per_task, 1)
+        non_empty(f"{at}variants", self.variants)
+        for key in ("variants", "ablation_variants"):
+            for i, name in enumerate(getattr(self, key)):
+                try:
+                    variant_parts(name)
+                except ConfigError as err:
+                    raise ConfigError(f"{at}{key}[{i}]: {err}") from None
+        if self.video and self.video_variant not in self.variants:
+            raise ConfigError(f"{at}video_variant={self.video_variant!r} is not among {at}variants "
+                              f"{list(self.variants)}; add it or set {at}video=false")
+        in_range(f"{at}video_size", self.video_size, 16, 480)
+
+
+@dataclass
+class MergeVLAConfig:
+    """``cfg.mergevla``."""
+
+    data_dir: str = MISSING
+    suites: list[str] = MISSING
+    vision: bool = MISSING
+    image_size: int = MISSING
+    camera: str = MISSING
+    demos: DemoSettings = MISSING
+    model: ModelSettings = MISSING
+    base: StageTrainSettings = MISSING
+    expert: ExpertSettings = MISSING
+    merge: MergeSettings = MISSING
+    router: RouterSettings = MISSING
+    eval: EvalSettings = MISSING
+
+    def check(self, at: str) -> None:
+        non_empty(f"{at}suites", self.suites)
+        for i, suite in enumerate(self.suites):
+            one_of(f"{at}suites[{i}]", suite, SUITE_NAMES)
+        if len(set(self.suites)) != len(self.suites):
+            raise ConfigError(f"{at}suites lists a suite twice: {list(self.suites)}")
+        if len(self.suites) < 2:
+            raise ConfigError(f"{at}suites needs >= 2 suites to merge, got {list(self.suites)}")
+        in_range(f"{at}image_size", self.image_size, 8, 480)
+        if self.vision and self.image_size % self.model.patch_size:
+            raise ConfigError(f"{at}image_size={self.image_size} must be a multiple of "
+                              f"{at}model.patch_size={self.model.patch_size}")
+        if self.eval.episodes_per_task > self.demos.n_heldout:
+            raise ConfigError(f"{at}eval.episodes_per_task={self.eval.episodes_per_task} exceeds the "
+                              f"held-out variations ({at}demos.n_heldout={self.demos.n_heldout}): each "
+                              "episode runs one held-out variation (Meta-World resets are deterministic)")
+        d_model = self.model.d_model
+        if not 1 <= self.router.k <= d_model:
+            raise ConfigError(f"{at}router.k must be in [1, {at}model.d_model={d_model}], got {self.router.k}")
+
+
+@dataclass
+class MergeVLAExperiment(RootConfig):
+    """Schema ``schema/mergevla``."""
+
+    mergevla: MergeVLAConfig = MISSING
+
+
+def validated(cfg: DictConfig) -> MergeVLAExperiment:
+    """``cfg`` checked against :class:`MergeVLAExperiment` (the entry's first line)."""
+    return validate(cfg, MergeVLAExperiment)

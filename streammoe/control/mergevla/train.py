@@ -1,0 +1,238 @@
+"""MergeVLA training: the base (perception pre-training) and one expert per suite, as cached stages.
+
+**Base.** The backbone learns to see and to read, not to act: :meth:`TinyVLA.auxiliary_loss` on
+every suite's demonstration frames, predicting the hand position (from the image or state and the
+proprio token), the task's object position and the goal position (which object and which goal
+depend on the instruction) from the mean of the backbone's final tokens. No action is a target,
+so the base solves no suite (its action expert stays at its seeded initialisation, measured in
+the benchmark) and every suite's skill must come from its expert: merging is then what decides
+whether one model keeps them all.
+
+**Experts.** For each suite, from the same base: PEFT LoRA (rank ``lora_rank``) on the backbone's
+linear layers plus the whole action expert, trained on that suite's demonstrations with the L1
+chunk loss (:meth:`TinyVLA.action_loss`); then the LoRA is folded into the weights
+(:func:`fold_lora`), so every expert is a plain state dict with the base's keys and a task vector
+``theta_t - theta_0`` over the backbone. Images get a random shift of up to ``shift`` pixels
+(replicate padding, then a random crop: DrQ's augmentation), which behaviour cloning from few
+image demonstrations needs.
+
+**Stages and caching.** Each stage's file is named by the fingerprint (SHA-256 of canonical JSON)
+of everything it depends on: its settings, the model config, the seed and its inputs'
+fingerprints (the demonstration file's content hash; the base's fingerprint for the experts).
+:func:`cached_stage` returns the file when it exists and trains it otherwise, so a changed
+setting re-runs only the stages that depend on it, and an interrupted pipeline resumes at the
+first stage without a file. Files are :mod:`streammoe.checkpoint` files (safetensors, digest,
+config sections checked on load), written atomically.
+
+>>> from streammoe.control.mergevla.model import VLAConfig
+>>> settings = TrainSettings(steps=2, batch_size=4, lr=1e-3, weight_decay=0.0, grad_clip=1.0,
+...                          shift=0, log_every=1)
+>>> stage_fingerprint("base", {"train": settings.to_dict()}, ["abc"]) == stage_fingerprint(
+...     "base", {"train": settings.to_dict()}, ["abc"])
+True
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from streammoe import checkpoint
+from streammoe.control.mergevla.data import SuiteData
+from streammoe.control.mergevla.model import TinyVLA, VLAConfig, add_lora, fold_lora
+from streammoe.runs import progress
+
+__all__ = ["STAGE_KIND", "STAGE_VERSION", "TrainSettings", "aux_targets", "cached_stage", "load_stage",
+           "obs_batch", "random_shift", "stage_fingerprint", "train_base", "train_expert"]
+
+STAGE_KIND = "streammoe.mergevla.stage"
+STAGE_VERSION = 1
+
+# Positions in the 17-number object state (Meta-World's padded object block, then the goal).
+_OBJECT_POS = slice(0, 3)
+_GOAL_POS = slice(14, 17)
+
+
+@dataclass
+class TrainSettings:
+    """One training stage: AdamW with ``lr`` and ``weight_decay``, gradient-norm clip, batches of
+    ``batch_size`` frames drawn uniformly from the stage's data, image shift augmentation."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    grad_clip: float
+    shift: int
+    log_every: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[str, Any]) -> TrainSettings:
+        return cls(**{k: m[k] for k in cls.__dataclass_fields__})
+
+
+# ----- batches -----------------------------------------------------------------------------------
+
+def random_shift(images: Tensor, shift: int, generator: torch.Generator) -> Tensor:
+    """DrQ's augmentation on uint8 ``(B, H, W, 3)``: pad ``shift`` pixels by replication, crop a
+    random ``H x W`` window per image (integer shifts in ``[-shift, shift]``)."""
+    if shift <= 0:
+        return images
+    b, h, w, _ = images.shape
+    x = F.pad(images.permute(0, 3, 1, 2).float(), (shift,) * 4, mode="replicate")
+    dy = torch.randint(0, 2 * shift + 1, (b,), generator=generator)
+    dx = torch.randint(0, 2 * shift + 1, (b,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None].expand(b, 3, h, w + 2 * shift)
+    x = x.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(b, 3, h, w)
+    return x.gather(3, cols).permute(0, 2, 3, 1).to(torch.uint8)
+
+
+def obs_batch(data: SuiteData, idx: np.ndarray, vision: bool, device: torch.device) -> dict[str, Tensor]:
+    """The model's observation dict for rows ``idx`` of ``data`` (on ``device``)."""
+    first = "image" if vision else "state"
+    if first not in data.obs:
+        raise ValueError(f"the {data.suite} demonstrations have no {first!r} observations "
+                         f"(they have {sorted(data.obs)}): collect them with vision={vision}")
+    return {first: torch.from_numpy(data.obs[first][idx]).to(device),
+            "proprio": torch.from_numpy(data.obs["proprio"][idx]).to(device),
+            "instruction": torch.from_numpy(data.obs["instruction"][idx]).to(device)}
+
+
+def aux_targets(data: SuiteData, idx: np.ndarray, device: torch.device) -> dict[str, Tensor]:
+    """The base's targets for rows ``idx``: hand, object and goal positions."""
+    if "state" not in data.obs:
+        raise ValueError(f"the {data.suite} demonstrations hold no object state, the base's "
+                         "pre-training targets; collect them again with this version")
+    state = torch.from_numpy(data.obs["state"][idx]).to(device)
+    return {"hand_pos": torch.from_numpy(data.obs["proprio"][idx, :3]).to(device),
+            "object_pos": state[:, _OBJECT_POS], "goal_pos": state[:, _GOAL_POS]}
+
+
+def _concat(datas: Sequence[SuiteData]) -> SuiteData:
+    """Every suite's rows in one table (the base trains on all of them)."""
+    keys = sorted(datas[0].obs)
+    return SuiteData(suite="all", tasks=(), obs={k: np.concatenate([d.obs[k] for d in datas]) for k in keys},
+                     actions=np.concatenate([d.actions for d in datas]),
+                     action_valid=np.concatenate([d.action_valid for d in datas]),
+                     task_index=np.concatenate([d.task_index for d in datas]),
+                     episode_index=np.concatenate([d.episode_index for d in datas]),
+                     step=np.concatenate([d.step for d in datas]))
+
+
+# ----- loops -------------------------------------------------------------------------------------
+
+LogFn = Callable[[dict[str, Any]], None]
+
+
+def _loop(model: TinyVLA, params: list[torch.nn.Parameter], data: SuiteData, settings: TrainSettings,
+          loss_fn: Callable[[dict[str, Tensor], np.ndarray], Tensor], seed: int, desc: str,
+          log: LogFn | None) -> list[dict[str, float]]:
+    """The one training loop both stages use: uniform minibatches, AdamW, clip, log."""
+    device = next(model.parameters()).device
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    vision = model.cfg.vision
+    history: list[dict[str, float]] = []
+    model.train()
+    start, running = time.perf_counter(), []
+    for step in progress(range(1, settings.steps + 1), desc=desc):
+        idx = rng.integers(0, len(data), settings.batch_size)
+        obs = obs_batch(data, idx, vision, device)
+        if vision:
+            obs["image"] = random_shift(obs["image"].cpu(), settings.shift, gen).to(device)
+        loss = loss_fn(obs, idx)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{desc}: the loss became {float(loss)} at step {step}; lower the "
+                                     "learning rate or the gradient clip")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
+        opt.step()
+        running.append(float(loss.detach()))
+        if step % settings.log_every == 0 or step == settings.steps:
+            row = {"step": step, "loss": float(np.mean(running)),
+                   "seconds": time.perf_counter() - start}
+            history.append(row)
+            running = []
+            if log is not None:
+                log(row)
+    model.eval()
+    return history
+
+
+def train_base(model_cfg: VLAConfig, data: Mapping[str, SuiteData], settings: TrainSettings, *,
+               seed: int, device: torch.device, log: LogFn | None = None
+               ) -> tuple[dict[str, Tensor], list[dict[str, float]]]:
+    """Pre-train the base on every suite's frames with the auxiliary targets only (no actions);
+    returns its state dict (on the CPU) and the loss history."""
+    model = TinyVLA(model_cfg).to(device)
+    table = _concat(list(data.values()))
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_fn(obs: dict[str, Tensor], idx: np.ndarray) -> Tensor:
+        return model.auxiliary_loss(obs, aux_targets(table, idx, device))
+
+    history = _loop(model, params, table, settings, loss_fn, seed, "base (perception)", log)
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, history
+
+
+def train_expert(model_cfg: VLAConfig, base: Mapping[str, Tensor], data: SuiteData,
+                 settings: TrainSettings, *, lora_rank: int, lora_alpha: float, lora_target: str,
+                 seed: int, device: torch.device, log: LogFn | None = None
+                 ) -> tuple[dict[str, Tensor], list[dict[str, float]]]:
+    """One suite's expert from the base: LoRA on the backbone + the action expert, trained on the
+    suite's chunks, LoRA folded; returns the expert's state dict (CPU, the base's keys)."""
+    model = TinyVLA(model_cfg)
+    model.load_state_dict(base)
+    model = add_lora(model, rank=lora_rank, alpha=lora_alpha, target=lora_target).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_fn(obs: dict[str, Tensor], idx: np.ndarray) -> Tensor:
+        return model.action_loss(obs, torch.from_numpy(data.actions[idx]).to(device))
+
+    history = _loop(model, params, data, settings, loss_fn, seed, f"expert {data.suite}", log)
+    state = fold_lora(model.cpu())
+    return state, history
+
+
+# ----- stage cache -------------------------------------------------------------------------------
+
+def stage_fingerprint(stage: str, settings: Mapping[str, Any], inputs: Sequence[str]) -> str:
+    """The fingerprint that names a stage's file: its name, settings and inputs' fingerprints."""
+    return checkpoint.fingerprint({"stage": stage, "settings": dict(settings), "inputs": list(inputs)})
+
+
+def load_stage(path: Path, stage: str, fp: str) -> dict[str, Any]:
+    """A stage file's state, checked (kind, version, digest, its fingerprint)."""
+    ck = checkpoint.load(path, kind=STAGE_KIND, version=STAGE_VERSION, label=f"MergeVLA {stage} stage",
+                         match={"stage": {"name": stage, "fingerprint": fp}})
+    return ck.state
+
+
+def cached_stage(cache_dir: str | Path, stage: str, settings: Mapping[str, Any], inputs: Sequence[str],
+                 build: Callable[[], dict[str, Any]], rebuild: bool = False
+                 ) -> tuple[dict[str, Any], str, bool]:
+    """The stage's state from ``<cache_dir>/<stage>_<fingerprint[:16]>.safetensors`` when present
+    (and not ``rebuild``), else ``build()``'s, saved there first. Returns ``(state, fingerprint,
+    was_cached)``."""
+    fp = stage_fingerprint(stage, settings, inputs)
+    path = Path(cache_dir) / f"{stage}_{fp[:16]}.safetensors"
+    if path.is_file() and not rebuild:
+        return load_stage(path, stage, fp), fp, True
+    state = build()
+    checkpoint.save(path, state, kind=STAGE_KIND, version=STAGE_VERSION,
+                    config={"stage": {"name": stage, "fingerprint": fp}, "settings": dict(settings)})
+    return state, fp, False

@@ -1,0 +1,340 @@
+"""MergeVLA's Meta-World suites, instructions, task env (streammoe_envs.metaworld) and scripted
+demonstrations in robomimic-layout HDF5 (streammoe.control.mergevla.data)."""
+
+from __future__ import annotations
+
+import doctest
+import subprocess
+import sys
+import warnings
+
+import gymnasium as gym
+import h5py
+import numpy as np
+import pytest
+import streammoe_envs
+import streammoe_envs.metaworld as mw
+import streammoe_envs.metaworld.suites as suites_mod
+from gymnasium.utils.env_checker import check_env
+from streammoe_envs.metaworld import (
+    INSTRUCTION_LEN,
+    N_VARIATIONS,
+    PAD_ID,
+    SUITES,
+    TASKS,
+    VOCAB,
+    detokenize,
+    split_variations,
+    tokenize,
+)
+
+import streammoe  # noqa: F401  (sets MUJOCO_GL before mujoco loads)
+from streammoe.control.mergevla import data as demo_data
+from streammoe.control.mergevla.data import (
+    action_chunks,
+    collect_demos,
+    ensure_demos,
+    load_demos,
+    read_demos,
+    write_demos,
+)
+
+ENV_ID = streammoe_envs.METAWORLD_ID
+# Two cheap tasks of different suites, reused everywhere (Meta-World's task objects are cached).
+DRAWER, BUTTON = "drawer-close-v3", "button-press-v3"
+
+
+# ----- suites, instructions, vocabulary ------------------------------------------------------------
+
+def test_suites_group_tasks_and_every_instruction_tokenizes() -> None:
+    assert len(SUITES) >= 4 and all(len(tasks) >= 2 for tasks in SUITES.values())
+    assert sorted(t for tasks in SUITES.values() for t in tasks) == sorted(TASKS)
+    instructions = [spec.instruction for spec in TASKS.values()]
+    assert len(set(instructions)) == len(instructions)  # the instruction tells tasks apart
+    assert TASKS["drawer-open-v3"].instruction == "open the drawer"
+    assert TASKS["button-press-topdown-v3"].instruction == "press the button from the top"
+    for spec in TASKS.values():
+        ids = tokenize(spec.instruction)
+        assert ids.shape == (INSTRUCTION_LEN,) and ids.dtype == np.int64
+        assert detokenize(ids) == spec.instruction
+        assert spec.max_steps < 500  # inside Meta-World's own horizon
+    assert not set(mw.DROPPED_TASKS) & set(TASKS)
+    with pytest.raises(ValueError, match="dropped: scripted expert 92 %"):
+        mw.task_spec("door-open-v3")
+    with pytest.raises(ValueError, match="choose one of"):
+        mw.task_spec("reach-v2")
+
+
+def test_tokenize_pads_and_rejects_unknown_words_by_name() -> None:
+    ids = tokenize("Close the DRAWER.")
+    assert ids.tolist()[:4] == [VOCAB.index("close"), VOCAB.index("the"), VOCAB.index("drawer"), PAD_ID]
+    assert VOCAB[PAD_ID] == "<pad>" and "<unk>" not in VOCAB
+    with pytest.raises(ValueError, match="word 'fridge' is not in the vocabulary"):
+        tokenize("open the fridge")
+    with pytest.raises(ValueError, match="word '<pad>'"):
+        tokenize("<pad>")
+    with pytest.raises(ValueError, match="more than INSTRUCTION_LEN"):
+        tokenize(" ".join(["the"] * (INSTRUCTION_LEN + 1)))
+    with pytest.raises(ValueError, match="empty"):
+        tokenize("  ")
+    with pytest.raises(ValueError, match="token ids must lie"):
+        detokenize(np.array([len(VOCAB)]))
+
+
+def test_variation_split_is_seeded_and_disjoint() -> None:
+    train, heldout = split_variations()
+    assert (train, heldout) == split_variations(10, 0)
+    assert not set(train) & set(heldout) and len(train) + len(heldout) == N_VARIATIONS
+    assert split_variations(10, 1) != (train, heldout)
+    with pytest.raises(ValueError, match="n_heldout"):
+        split_variations(N_VARIATIONS)
+
+
+def test_suites_import_without_the_simulator() -> None:
+    code = ("import sys, streammoe_envs, streammoe_envs.metaworld as m; m.tokenize('open the door'); "
+            "assert 'metaworld' not in sys.modules and 'mujoco' not in sys.modules, 'eager import'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_env_package_doctests() -> None:
+    import streammoe_envs.metaworld.env as env_mod
+
+    for module in (mw, suites_mod, env_mod):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0, module.__name__
+
+
+# ----- the task env ----------------------------------------------------------------------------------
+
+def test_env_state_observations_pass_gymnasium_checks_and_succeed_with_the_expert() -> None:
+    env = gym.make(ENV_ID, task=DRAWER, variation=5, vision=False)
+    assert ENV_ID in streammoe_envs.ENV_SPECS
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # object state is unbounded (as in Meta-World)
+        check_env(env.unwrapped, skip_render_check=True)
+    obs, info = env.reset(seed=0)
+    space = env.observation_space
+    assert set(obs) == {"state", "proprio", "instruction"} and obs in space
+    assert obs["state"].shape == (mw.STATE_DIM,) and obs["state"].dtype == np.float32
+    assert obs["proprio"].shape == (4,) and obs["proprio"].dtype == np.float32
+    assert detokenize(obs["instruction"]) == "close the drawer"
+    assert info == {"success": False, "task": DRAWER, "suite": "drawer", "variation": 5,
+                    "instruction": "close the drawer"}
+    raw = env.unwrapped.raw_obs
+    np.testing.assert_allclose(obs["state"][-3:], raw[36:39], rtol=1e-6)  # the goal
+    terminated = truncated = False
+    steps = 0
+    while not (terminated or truncated):
+        obs, reward, terminated, truncated, info = env.step(env.unwrapped.expert_action())
+        steps += 1
+    assert info["success"] and terminated and not truncated and steps < TASKS[DRAWER].max_steps
+    with pytest.raises(RuntimeError, match="call reset"):
+        env.step(np.zeros(4, np.float32))
+
+
+def test_env_truncates_at_max_steps_and_switches_variations_at_reset() -> None:
+    env = mw.MetaWorldTaskEnv(BUTTON, variation=0, vision=False)
+    first, _ = env.reset()
+    again, _ = env.reset(seed=123)  # the start is fixed by the variation
+    np.testing.assert_array_equal(first["state"], again["state"])
+    other, info = env.reset(options={"variation": 7})
+    assert info["variation"] == 7 and not np.allclose(other["state"], first["state"])
+    np.testing.assert_array_equal(env.reset()[0]["state"], other["state"])  # it stays
+    with pytest.raises(ValueError, match="variation must be an integer"):
+        env.reset(options={"variation": N_VARIATIONS})
+    with pytest.raises(ValueError, match="unknown reset options"):
+        env.reset(options={"seed": 1})
+    assert env.variation == 7
+    env.reset()
+    for _ in range(env.max_steps):
+        _, _, terminated, truncated, info = env.step(np.zeros(4, np.float32))
+    assert truncated and not terminated and not info["success"]
+    env.close()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_env_rejects_bad_actions_before_the_simulation_changes(bad) -> None:
+    env = mw.MetaWorldTaskEnv(DRAWER, vision=False)
+    env.reset()
+    env.step(np.array([0.5, 0.0, 0.0, 0.0], np.float32))
+    qpos, raw = env.unwrapped._mw.data.qpos.copy(), env.raw_obs
+    action = np.zeros(4, np.float32)
+    action[1] = bad
+    with pytest.raises(ValueError, match="NaN or inf"):
+        env.step(action)
+    with pytest.raises(ValueError, match=r"shape \(4,\)"):
+        env.step(np.zeros(3, np.float32))
+    np.testing.assert_array_equal(env._mw.data.qpos, qpos)
+    np.testing.assert_array_equal(env.raw_obs, raw)
+    assert env._steps == 1
+    obs, *_ = env.step(np.array([5.0, 0.0, 0.0, 0.0]))  # finite but outside: clipped
+    assert np.isfinite(obs["state"]).all()
+    env.close()
+
+
+def test_env_rejects_bad_settings_naming_them() -> None:
+    with pytest.raises(ValueError, match="unknown MergeVLA task 'open-fridge'"):
+        mw.MetaWorldTaskEnv("open-fridge")
+    with pytest.raises(ValueError, match="variation must be an integer"):
+        mw.MetaWorldTaskEnv(DRAWER, variation=-1)
+    with pytest.raises(ValueError, match="camera 'ceiling' is not in Meta-World's scene"):
+        mw.MetaWorldTaskEnv(DRAWER, camera="ceiling")
+    with pytest.raises(ValueError, match="image_size must be in"):
+        mw.MetaWorldTaskEnv(DRAWER, image_size=4096)
+    with pytest.raises(ValueError, match="render_mode"):
+        mw.MetaWorldTaskEnv(DRAWER, render_mode="human")
+
+
+def test_env_images_from_the_fixed_camera() -> None:
+    env = gym.make(ENV_ID, task=BUTTON, variation=2, vision=True, image_size=32,
+                   render_mode="rgb_array", render_size=48)
+    check_env(env.unwrapped, skip_render_check=True)  # its render check builds more envs: slow
+    obs, _ = env.reset()
+    assert set(obs) == {"image", "proprio", "instruction"}
+    img = obs["image"]
+    assert img.shape == (32, 32, 3) and img.dtype == np.uint8 and img.std() > 10  # not blank
+    assert env.render().shape == (48, 48, 3)
+    # the arm moves, the picture changes
+    for _ in range(5):
+        obs2, *_ = env.step(np.array([1.0, 0.0, 0.0, 0.0], np.float32))
+    assert np.abs(obs2["image"].astype(int) - img.astype(int)).sum() > 0
+    env.close()
+
+
+# ----- demonstrations ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def demos():
+    return collect_demos([DRAWER, BUTTON], episodes_per_task=2, vision=False, seed=3)
+
+
+@pytest.fixture(scope="module")
+def demo_file(demos, tmp_path_factory):
+    path = tmp_path_factory.mktemp("mergevla") / "demos.hdf5"
+    fingerprint = write_demos(path, demos)
+    return path, fingerprint
+
+
+def test_collection_reports_expert_success_and_is_seeded_per_task(demos) -> None:
+    assert demos.stats[DRAWER]["attempts"] == 2 and demos.stats[DRAWER]["success_rate"] == 1.0
+    assert not demos.dropped and len(demos.episodes) == 4
+    train, _ = split_variations()
+    for ep in demos.episodes:
+        assert ep.success and ep.variation in train and ep.dones[-1] == 1 and ep.dones[:-1].sum() == 0
+        assert np.all(np.abs(ep.actions) <= 1.0) and not np.allclose(ep.actions, ep.expert_actions)
+        assert ep.obs["instruction"].shape == (len(ep), INSTRUCTION_LEN)
+    assert "drawer-close-v3" in demos.summary() and "100.0 %" in demos.summary()
+    # a task's demonstrations do not depend on the other tasks collected with it
+    alone = collect_demos([BUTTON], episodes_per_task=1, vision=False, seed=3)
+    first = next(ep for ep in demos.episodes if ep.task == BUTTON)
+    np.testing.assert_array_equal(alone.episodes[0].actions, first.actions)
+    assert alone.episodes[0].variation == first.variation
+
+
+def test_task_under_min_success_is_dropped_and_said(monkeypatch) -> None:
+    monkeypatch.setattr(mw.MetaWorldTaskEnv, "expert_action", lambda self: np.zeros(4, np.float32))
+    with pytest.warns(UserWarning, match="button-press-v3: the scripted expert succeeded in 0/1"):
+        got = collect_demos([BUTTON], episodes_per_task=1, vision=False)
+    assert got.dropped == {BUTTON: 0.0} and not got.episodes and "DROPPED" in got.summary()
+    with pytest.raises(ValueError, match="no demonstrations to write"):
+        write_demos("unused.hdf5", got)
+
+
+def test_collect_rejects_bad_settings() -> None:
+    with pytest.raises(ValueError, match="episodes_per_task"):
+        collect_demos([DRAWER], episodes_per_task=0)
+    with pytest.raises(ValueError, match="action_noise"):
+        collect_demos([DRAWER], action_noise=float("nan"))
+    with pytest.raises(ValueError, match="unknown MergeVLA task"):
+        collect_demos(["drawer-open-v2"])
+    with pytest.raises(ValueError, match="variations must be"):
+        collect_demos([DRAWER], variations=[50])
+    with pytest.raises(TypeError, match="write \\['drawer-close-v3'\\]"):
+        collect_demos(DRAWER)
+
+
+def test_file_is_robomimic_layout_and_round_trips(demos, demo_file) -> None:
+    path, fingerprint = demo_file
+    with h5py.File(path, "r") as f:
+        data = f["data"]
+        assert data.attrs["total"] == sum(len(ep) for ep in demos.episodes)
+        assert '"env_name": "streammoe/MetaWorldTask-v0"' in data.attrs["env_args"]
+        g = data["demo_0"]
+        assert g.attrs["num_samples"] == len(g["actions"]) and g.attrs["task"] == DRAWER
+        assert set(g["obs"]) == {"state", "proprio", "instruction"}
+        assert {"actions", "expert_actions", "rewards", "dones"} <= set(g)
+        assert sorted(x.decode() for x in f["mask/drawer"][()]) == ["demo_0", "demo_1"]
+        assert f.attrs["sha256"] == fingerprint
+    back = read_demos(path)
+    assert back.fingerprint == fingerprint and back.stats == demos.stats
+    for a, b in zip(back.episodes, demos.episodes, strict=True):
+        assert (a.task, a.variation, a.instruction) == (b.task, b.variation, b.instruction)
+        np.testing.assert_array_equal(a.actions, b.actions)
+        for k in b.obs:
+            np.testing.assert_array_equal(a.obs[k], b.obs[k])
+    # same content, same fingerprint
+    assert write_demos(path.with_name("copy.hdf5"), demos) == fingerprint
+
+
+def test_changed_or_corrupt_files_are_refused(demo_file, tmp_path) -> None:
+    path, _ = demo_file
+    changed = tmp_path / "changed.hdf5"
+    changed.write_bytes(path.read_bytes())
+    with h5py.File(changed, "r+") as f:
+        f["data/demo_1/actions"][0, 0] += 0.5
+    with pytest.raises(ValueError, match="fingerprint mismatch.*modified or corrupted"):
+        read_demos(changed)
+    garbage = tmp_path / "garbage.hdf5"
+    garbage.write_bytes(b"not an hdf5 file" * 100)
+    with pytest.raises(ValueError, match="not a readable HDF5 file.*collect the demonstrations again"):
+        read_demos(garbage)
+    truncated = tmp_path / "truncated.hdf5"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError, match="collect the demonstrations again"):
+        read_demos(truncated)
+    with pytest.raises(FileNotFoundError, match="collect it first"):
+        read_demos(tmp_path / "missing.hdf5")
+
+
+def test_action_chunks_repeat_the_last_action() -> None:
+    actions = np.arange(10, dtype=np.float32).reshape(5, 2)
+    chunks, valid = action_chunks(actions, 3)
+    assert chunks.shape == (5, 3, 2) and valid.shape == (5, 3)
+    np.testing.assert_array_equal(chunks[0], actions[:3])
+    np.testing.assert_array_equal(chunks[4], np.repeat(actions[4:], 3, axis=0))
+    assert valid.sum(1).tolist() == [3, 3, 3, 2, 1]
+    with pytest.raises(ValueError, match="chunk_size"):
+        action_chunks(actions, 0)
+
+
+def test_load_demos_stacks_per_suite_with_chunk_targets(demos, demo_file) -> None:
+    path, _ = demo_file
+    data = load_demos(path, chunk_size=5)
+    assert sorted(data) == ["button", "drawer"]
+    d = data["drawer"]
+    drawer_eps = [ep for ep in demos.episodes if ep.task == DRAWER]
+    n = sum(len(ep) for ep in drawer_eps)
+    assert len(d) == n and d.tasks == (DRAWER,) and d.instructions == {DRAWER: "close the drawer"}
+    assert d.obs["state"].shape == (n, mw.STATE_DIM) and d.obs["instruction"].shape == (n, INSTRUCTION_LEN)
+    assert d.actions.shape == (n, 5, 4) and d.actions.dtype == np.float32
+    assert (d.task_index == 0).all() and d.step[0] == 0
+    first = drawer_eps[0]
+    np.testing.assert_array_equal(d.actions[: len(first), 0], first.actions)
+    np.testing.assert_array_equal(d.actions[len(first) - 1], np.repeat(first.actions[-1:], 5, 0))
+    assert not d.action_valid[len(first) - 1, 1:].any()
+    expert = load_demos(path, chunk_size=1, suites=["button"], action_key="expert_actions")
+    assert list(expert) == ["button"]
+    with pytest.raises(ValueError, match="no demonstrations of suites"):
+        load_demos(path, chunk_size=1, suites=["door_window"])
+
+
+def test_ensure_demos_collects_once_and_images_round_trip(tmp_path, monkeypatch) -> None:
+    kwargs = dict(tasks=[BUTTON], episodes_per_task=1, vision=True, image_size=16)
+    path, got = ensure_demos(tmp_path, **kwargs)
+    img = got.episodes[0].obs["image"]
+    assert img.shape[1:] == (16, 16, 3) and img.dtype == np.uint8
+    monkeypatch.setattr(demo_data, "collect_demos", lambda **_: pytest.fail("collected twice"))
+    again_path, again = ensure_demos(tmp_path, **kwargs)
+    assert again_path == path and again.fingerprint == got.fingerprint
+    with pytest.raises(TypeError, match="collect_demos' keyword arguments"):
+        ensure_demos(tmp_path, episodes=3)

@@ -1,0 +1,173 @@
+"""MergeVLA's pipeline: the smoke experiment end to end, stage caching (a re-run trains nothing, a
+changed setting re-trains only what depends on it), bad stage files, the evaluation's policies and
+the image augmentation."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from streammoe import checkpoint
+from streammoe.cli import run_experiment
+from streammoe.config import ConfigError
+from streammoe.control.mergevla.config import variant_parts
+from streammoe.control.mergevla.evaluate import SuitePolicy
+from streammoe.control.mergevla.merging import load_masks
+from streammoe.control.mergevla.model import TinyVLA, VLAConfig
+from streammoe.control.mergevla.train import cached_stage, random_shift
+from tests.conftest import compose_config
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """One smoke run (and its stage cache), shared by the tests below."""
+    root = tmp_path_factory.mktemp("mergevla")
+    cache = root / "cache"
+    cfg = compose_config(["experiment=mergevla_smoke", f"mergevla.data_dir={cache}"])
+    metrics = run_experiment(cfg, root / "run")
+    return root, cache, metrics
+
+
+def _stage_files(cache: Path) -> dict[str, float]:
+    return {p.name: os.stat(p).st_mtime_ns for p in cache.glob("*.safetensors")}
+
+
+def test_smoke_pipeline_writes_every_output(smoke):
+    root, cache, metrics = smoke
+    run = root / "run"
+    for name in ("config_resolved.yaml", "metrics.json", "metrics.csv", "results.json", "success.png",
+                 "router_confusion.png", "videos/drawer.mp4", "videos/button.mp4"):
+        assert (run / name).is_file() and (run / name).stat().st_size > 0, name
+    details = metrics["details"]
+    assert set(details["variants"]) == {"experts/oracle", "naive_full/single", "ties+mask/router",
+                                        "average/oracle", "self_attention:naive_full/single"}
+    assert all(rate >= 0.95 for rate in details["expert_success"].values())
+    routed = details["variants"]["ties+mask/router"]
+    assert 0.0 <= routed["router_accuracy"] <= 1.0 and len(routed["router_confusion"]) == 2
+    assert sum(map(sum, routed["router_confusion"])) == routed["episodes"]
+    stats = details["mask_stats"]["cross_attention:ties"]
+    assert 0.0 <= stats["selfish_fraction"] <= 1.0
+    # the mask file loads against the model it was made for, one mask per suite
+    model = TinyVLA(VLAConfig(vision=False, state_dim=17, vocab_size=28, max_instruction_len=12,
+                              d_model=16, n_heads=2, n_layers=2))
+    masks = load_masks(run / "masks_cross_attention_ties.safetensors", like=model.state_dict(), n_tasks=2)
+    assert masks.tasks == ("drawer", "button")
+    # every episode is one held-out variation of a suite's task
+    eps = json.loads((run / "results.json").read_text())["episodes"]["experts/oracle"]
+    assert {e["task"] for e in eps} == {"drawer-open-v3", "drawer-close-v3", "button-press-v3",
+                                        "button-press-topdown-v3", "button-press-topdown-wall-v3"}
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("stage,seed,step,loss,success,seconds")
+    assert any(r.startswith("expert/cross_attention/drawer") for r in rows)
+    assert any(r.startswith("eval/ties+mask/router") for r in rows)
+
+
+def test_a_rerun_trains_nothing_and_gives_the_same_results(smoke, tmp_path):
+    root, cache, metrics = smoke
+    before = _stage_files(cache)
+    cfg = compose_config(["experiment=mergevla_smoke", f"mergevla.data_dir={cache}",
+                          "mergevla.eval.video=false"])
+    again = run_experiment(cfg, tmp_path / "again")
+    assert _stage_files(cache) == before  # no stage written again
+    for key, value in metrics.items():
+        if key.startswith(("success/", "router_accuracy/")):
+            assert again[key] == value, key
+    rows = (tmp_path / "again" / "metrics.csv").read_text().splitlines()
+    assert not any(r.startswith(("base/", "expert/")) for r in rows)  # nothing trained
+
+
+def test_a_changed_expert_setting_retrains_the_experts_but_not_the_base(smoke, tmp_path):
+    root, cache, _ = smoke
+    before = _stage_files(cache)
+    cfg = compose_config(["experiment=mergevla_smoke", f"mergevla.data_dir={cache}",
+                          "mergevla.expert.steps=2", "mergevla.eval.variants=[experts/oracle]",
+                          "mergevla.eval.ablation_variants=[]", "mergevla.eval.video=false"])
+    run_experiment(cfg, tmp_path / "changed")
+    after = _stage_files(cache)
+    new = sorted(set(after) - set(before))
+    assert all(name.startswith(("expert_", "eval_")) for name in new), new
+    assert sum(name.startswith("expert_") for name in new) == 2  # one per suite
+    assert {k: v for k, v in after.items() if k in before} == before  # the base (and the rest) kept
+
+
+def test_a_corrupt_stage_file_is_refused_with_its_path(tmp_path):
+    calls = []
+
+    def build():
+        calls.append(1)
+        return {"weights": {"w": torch.ones(3)}}
+
+    state, fp, cached = cached_stage(tmp_path, "demo", {"a": 1}, ["x"], build)
+    assert not cached and calls == [1]
+    state2, fp2, cached2 = cached_stage(tmp_path, "demo", {"a": 1}, ["x"], build)
+    assert cached2 and fp2 == fp and calls == [1] and torch.equal(state2["weights"]["w"], torch.ones(3))
+    _, fp3, cached3 = cached_stage(tmp_path, "demo", {"a": 2}, ["x"], build)  # other settings: rebuilt
+    assert not cached3 and fp3 != fp and calls == [1, 1]
+    path = next(tmp_path.glob(f"demo_{fp[:16]}.safetensors"))
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(checkpoint.CheckpointError, match=str(path.name)):
+        cached_stage(tmp_path, "demo", {"a": 1}, ["x"], build)
+    assert calls == [1, 1]  # refused, not silently rebuilt
+
+
+def test_a_pickle_in_place_of_a_stage_file_never_runs(tmp_path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    from streammoe.control.mergevla.train import stage_fingerprint
+
+    fp = stage_fingerprint("demo", {"a": 1}, [])
+    (tmp_path / f"demo_{fp[:16]}.safetensors").write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(checkpoint.CheckpointError, match="pickle"):
+        cached_stage(tmp_path, "demo", {"a": 1}, [], lambda: {})
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_variant_names_are_checked():
+    assert variant_parts("task_arithmetic/oracle") == ("task_arithmetic", False, "oracle")
+    for bad in ("ties", "ties/anywhere", "experts/router", "experts+mask/oracle", "naive_full/router",
+                "fisher+mask/router"):
+        with pytest.raises(ConfigError, match="variant"):
+            variant_parts(bad)
+
+
+def test_suite_policy_checks_its_models_and_router():
+    m = TinyVLA(VLAConfig(vision=False, state_dim=17, d_model=16, n_heads=2, n_layers=2))
+    with pytest.raises(ValueError, match="one per suite"):
+        SuitePolicy([m], ("drawer", "button"), "oracle")
+    with pytest.raises(ValueError, match="one model"):
+        SuitePolicy([m, m], ("drawer", "button"), "single")
+    with pytest.raises(ValueError, match="TestTimeTaskRouter"):
+        SuitePolicy([m, m], ("drawer", "button"), "router")
+    with pytest.raises(ValueError, match="route"):
+        SuitePolicy([m, m], ("drawer", "button"), "psychic")
+
+
+def test_random_shift_moves_whole_images_within_the_bound():
+    gen = torch.Generator().manual_seed(0)
+    img = torch.zeros(16, 12, 12, 3, dtype=torch.uint8)
+    img[:, 6, 6] = 255  # one bright pixel in the middle
+    out = random_shift(img, 2, gen)
+    assert out.shape == img.shape and out.dtype == torch.uint8
+    for i in range(16):
+        ys, xs = np.nonzero(out[i, :, :, 0].numpy())
+        assert len(ys) == 1 and abs(ys[0] - 6) <= 2 and abs(xs[0] - 6) <= 2
+    assert len({tuple(np.argwhere(o[:, :, 0].numpy())[0]) for o in out}) > 1  # not one shift for all
+    assert torch.equal(random_shift(img, 0, gen), img)
+
+
+def test_the_smoke_config_is_the_real_one_with_sizes():
+    real, smoke_cfg = compose_config(["experiment=mergevla"]), compose_config(["experiment=mergevla_smoke"])
+    assert OmegaConf.select(real, "mergevla.vision") is True and smoke_cfg.mergevla.vision is False
+    assert real.mergevla.eval.episodes_per_task >= 20  # the issue's >= 20 episodes per task

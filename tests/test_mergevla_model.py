@@ -1,0 +1,272 @@
+"""MergeVLA's tiny VLA: shapes (vision on/off), PAD masking, no self-attention among action tokens
+in the cross-attention head (and the ablation's does have it), the task gate's start, LoRA through
+PEFT (only the backbone gains trainable weights; folding keeps outputs and keys), the expert-head
+partition, a tiny overfit, bad inputs, chunk execution."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from streammoe.control.mergevla.model import (
+    ChunkExecutor,
+    TinyVLA,
+    VLAConfig,
+    add_lora,
+    expert_head_prefixes,
+    expert_trainable_parameters,
+    fold_lora,
+    has_lora,
+    shared_block_value_projection,
+)
+
+IMG, D, LAYERS, CHUNK, VOCAB = 16, 16, 3, 3, 32
+
+
+def _cfg(**kw) -> VLAConfig:
+    base = dict(image_size=IMG, patch_size=8, state_dim=6, vocab_size=VOCAB, max_instruction_len=8,
+                d_model=D, n_layers=LAYERS, n_heads=2, ffn_mult=2, chunk=CHUNK)
+    base.update(kw)
+    return VLAConfig(**base)
+
+
+def _obs(b: int = 3, vision: bool = True, seed: int = 0, length: int = 6) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ins = torch.randint(1, VOCAB, (b, length), generator=g)
+    ins[:, 4:] = 0  # trailing PAD
+    ins[0, 2:] = 0
+    obs = {"proprio": torch.randn(b, 4, generator=g), "instruction": ins}
+    if vision:
+        obs["image"] = torch.randint(0, 256, (b, IMG, IMG, 3), generator=g, dtype=torch.uint8)
+    else:
+        obs["state"] = torch.randn(b, 6, generator=g)
+    return obs
+
+
+@pytest.mark.parametrize("vision", [True, False])
+@pytest.mark.parametrize("head", ["cross_attention", "self_attention"])
+def test_shapes_and_range(vision: bool, head: str) -> None:
+    model = TinyVLA(_cfg(vision=vision, action_head=head))
+    obs = _obs(vision=vision)
+    enc = model.encode(obs)
+    t = (4 if vision else 1) + 6 + 1
+    assert len(enc.hidden) == LAYERS and all(h.shape == (3, t, D) for h in enc.hidden)
+    out = model(obs)
+    assert out.shape == (3, CHUNK, 4) and out.abs().max() <= 1
+    assert model.hidden_into_last_shared_block(obs).shape == (3, t + 1, D)
+    assert model.memory_valid_mask(obs).shape == (3, t + 1)
+    assert shared_block_value_projection(model).shape == (D, D)
+    loss = model.action_loss(obs, torch.zeros(3, CHUNK, 4))
+    loss.backward()  # every parameter that the action path uses gets a gradient
+    unused = {n for n, p in model.named_parameters() if p.grad is None}
+    assert unused == {n for n, _ in model.named_parameters() if n.startswith(("aux.", "backbone.norm."))}
+
+
+def test_pad_positions_are_masked_everywhere() -> None:
+    model = TinyVLA(_cfg()).eval()
+    obs = _obs()
+    base = model(obs)
+    aux = model.auxiliary_predictions(obs)
+    # more trailing PAD columns: same valid tokens, same outputs
+    longer = dict(obs, instruction=torch.cat([obs["instruction"], torch.zeros(3, 2, dtype=torch.long)], 1))
+    torch.testing.assert_close(model(longer), base, rtol=0, atol=1e-6)
+    # what sits at PAD positions (the PAD embedding row) cannot matter: nobody attends to it
+    m2 = copy.deepcopy(model)
+    with torch.no_grad():
+        m2.embed.word.weight[0] += 3.0
+    torch.testing.assert_close(m2(obs), base, rtol=0, atol=1e-6)
+    for k, v in m2.auxiliary_predictions(obs).items():
+        torch.testing.assert_close(v, aux[k], rtol=0, atol=1e-6)
+    hid = model.hidden_into_last_shared_block(obs)
+    valid = model.memory_valid_mask(obs)
+    assert (hid[~valid] == 0).all() and (hid[valid].abs().sum(-1) > 0).all()
+    # and the check is not vacuous: a real token there does change the outputs
+    changed = dict(obs, instruction=obs["instruction"].clone())
+    changed["instruction"][:, -1] = 5
+    assert (model(changed) - base).abs().max() > 1e-4
+
+
+def _perturb_query(model: TinyVLA, j: int) -> TinyVLA:
+    m2 = copy.deepcopy(model)
+    with torch.no_grad():
+        # a random direction: a constant shift would vanish in the LayerNorms
+        m2.action_expert.queries[j] += torch.randn(D, generator=torch.Generator().manual_seed(j))
+    return m2
+
+
+def test_action_tokens_do_not_attend_to_each_other() -> None:
+    obs = _obs()
+    model = TinyVLA(_cfg()).eval()
+    base, out = model(obs), _perturb_query(model, 1)(obs)
+    others = [0, 2]
+    torch.testing.assert_close(out[:, others], base[:, others], rtol=0, atol=1e-6)
+    assert (out[:, 1] - base[:, 1]).abs().max() > 1e-3
+    # the same test on the self-attention ablation fails, as it should
+    sa = TinyVLA(_cfg(action_head="self_attention")).eval()
+    assert (_perturb_query(sa, 1)(obs)[:, others] - sa(obs)[:, others]).abs().max() > 1e-4
+
+
+def test_task_gate_starts_at_sigmoid_of_its_parameter() -> None:
+    obs = _obs()
+    model = TinyVLA(_cfg()).eval()
+    for block in model.action_expert.blocks:
+        gate = block.task_gate.detach()
+        assert float(gate) == 0.0 and float(torch.sigmoid(gate)) == 0.5
+    # the stream is live at 0.5: its weights change the actions
+    m2 = copy.deepcopy(model)
+    with torch.no_grad():
+        m2.action_expert.blocks[0].task_attn.v_proj.weight.mul_(3.0)
+    assert (m2(obs) - model(obs)).abs().max() > 1e-4
+    # closed gate (large negative parameter): the stream's weights no longer matter
+    closed = TinyVLA(_cfg(task_gate_init=-30.0)).eval()
+    m3 = copy.deepcopy(closed)
+    with torch.no_grad():
+        for block in m3.action_expert.blocks:
+            block.task_attn.v_proj.weight.mul_(3.0)
+    torch.testing.assert_close(m3(obs), closed(obs), rtol=0, atol=1e-6)
+    off = TinyVLA(_cfg(task_stream=False))
+    assert not any("task" in n for n, _ in off.named_parameters())
+
+
+def test_expert_head_prefixes_partition_the_action_expert() -> None:
+    model = TinyVLA(_cfg())
+    head, shared = model.expert_head_prefixes(), model.shared_action_expert_prefixes()
+    assert head == expert_head_prefixes(model.cfg) == expert_head_prefixes(model)
+    keys = [k for k in model.state_dict() if k.startswith("action_expert.")]
+    in_head = {k for k in keys if k.startswith(head)}
+    in_shared = {k for k in keys if k.startswith(shared)}
+    assert in_head.isdisjoint(in_shared) and in_head | in_shared == set(keys)
+    assert {k.split(".")[2] for k in in_head if k.startswith("action_expert.blocks.")} == {str(LAYERS - 1)}
+    assert {k.split(".")[2] for k in in_shared if k.startswith("action_expert.blocks.")} == {
+        str(i) for i in range(LAYERS - 1)}
+    assert "action_expert.out.weight" in in_head and "action_expert.norm.weight" in in_head
+    assert model.value_projection_key() in in_shared
+    assert torch.equal(model.state_dict()[model.value_projection_key()],
+                       model.shared_block_value_projection())
+    assert not model.is_expert_head_key("backbone.layers.0.attn.q_proj.weight")
+
+
+def test_lora_trains_backbone_adapters_and_folds_exactly() -> None:
+    pytest.importorskip("peft")
+    base = TinyVLA(_cfg()).eval()
+    obs = _obs()
+    model = add_lora(copy.deepcopy(base), rank=2, alpha=4.0)
+    assert has_lora(model) and not has_lora(base)
+    torch.testing.assert_close(model(obs), base(obs), rtol=0, atol=1e-6)  # lora_B starts at 0
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    lora = {n for n in trainable if "lora_" in n}
+    assert lora and all(n.startswith("backbone.layers.") for n in lora)
+    # every backbone linear wrapped: 6 per layer (q, k, v, out, fc1, fc2), A and B each
+    assert len(lora) == LAYERS * 6 * 2
+    assert trainable - lora == {n for n, _ in model.named_parameters() if n.startswith("action_expert.")}
+    assert {id(p) for p in expert_trainable_parameters(model)} == {
+        id(p) for n, p in model.named_parameters() if n in trainable}
+    with pytest.raises(ValueError, match="already has LoRA"):
+        add_lora(model, rank=2)
+    with torch.no_grad():  # give the adapters something to fold
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.2)
+    with_lora = model(obs)
+    assert (with_lora - base(obs)).abs().max() > 1e-4
+    state = fold_lora(model)
+    assert set(state) == set(base.state_dict()) and not has_lora(model)
+    torch.testing.assert_close(model(obs), with_lora, rtol=0, atol=1e-5)
+    plain = TinyVLA(_cfg()).eval()
+    plain.load_state_dict(state)
+    torch.testing.assert_close(plain(obs), with_lora, rtol=0, atol=1e-5)
+    # only the backbone's linear weights moved (LoRA has no bias: bias="none")
+    changed = {k for k in state if not torch.equal(state[k], base.state_dict()[k])}
+    assert changed and all(k.startswith("backbone.layers.") and k.endswith(".weight") for k in changed)
+    with pytest.raises(ValueError, match="no LoRA layers"):
+        fold_lora(model)
+    with pytest.raises(ValueError, match="unknown LoRA target"):
+        add_lora(model, target="vision")
+
+
+def test_tiny_overfit() -> None:
+    torch.manual_seed(0)
+    model = TinyVLA(_cfg(n_layers=2, seed=1))
+    obs = _obs(b=8, seed=3)
+    target = torch.rand(8, CHUNK, 4) * 1.6 - 0.8
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(200):
+        opt.zero_grad()
+        loss = model.action_loss(obs, target)
+        loss.backward()
+        opt.step()
+    assert model.action_loss(obs, target).item() < 0.05
+    aux_t = {"hand_pos": obs["proprio"][:, :3]}
+    a0 = model.auxiliary_loss(obs, aux_t).item()
+    aopt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(60):
+        aopt.zero_grad()
+        model.auxiliary_loss(obs, aux_t).backward()
+        aopt.step()
+    assert model.auxiliary_loss(obs, aux_t).item() < 0.2 * a0
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        (lambda o: o.update(image=torch.zeros(3, 32, 32, 3, dtype=torch.uint8)), ValueError, "32x32.*16x16.*image_size"),
+        (lambda o: o.update(image=o["image"].float()), TypeError, "uint8"),
+        (lambda o: o.update(image=o["image"][0]), ValueError, r"\(B, H, W, 3\)"),
+        (lambda o: o["proprio"].__setitem__((0, 1), float("nan")), ValueError, "proprio.*NaN"),
+        (lambda o: o.update(proprio=o["proprio"][:, :3]), ValueError, "proprio_dim"),
+        (lambda o: o.update(instruction=o["instruction"].int()), TypeError, "int64"),
+        (lambda o: o.update(instruction=torch.ones(3, 9, dtype=torch.long)), ValueError, "max_instruction_len"),
+        (lambda o: o.update(instruction=o["instruction"] + VOCAB), ValueError, "vocab_size"),
+        (lambda o: o.pop("image"), ValueError, "lacks"),
+        (lambda o: o.update(proprio=o["proprio"][:2]), ValueError, "batch size"),
+    ],
+)
+def test_bad_inputs_are_refused(change, error, match) -> None:
+    model = TinyVLA(_cfg())
+    obs = _obs()
+    change(obs)
+    with pytest.raises(error, match=match):
+        model(obs)
+
+
+def test_bad_config_and_targets_are_refused() -> None:
+    with pytest.raises(ValueError, match="image_size=60 is not a multiple"):
+        _cfg(image_size=60)
+    with pytest.raises(ValueError, match="n_layers"):
+        _cfg(n_layers=1)
+    with pytest.raises(ValueError, match="action_head"):
+        _cfg(action_head="mlp")
+    model = TinyVLA(_cfg(vision=False))
+    with pytest.raises(ValueError, match="vision=False"):
+        model(_obs())
+    obs = _obs(vision=False)
+    with pytest.raises(ValueError, match=r"action_chunk must be \(B, 3, 4\)"):
+        model.action_loss(obs, torch.zeros(3, 4, 4))
+    with pytest.raises(ValueError, match=r"leaves \[-1, 1\]"):
+        model.action_loss(obs, torch.full((3, CHUNK, 4), 2.0))
+    with pytest.raises(ValueError, match="do not match the heads"):
+        model.auxiliary_loss(obs, {"elbow": torch.zeros(3, 3)})
+
+
+def test_chunk_executor_modes() -> None:
+    calls = []
+
+    def policy(obs):
+        calls.append(obs)
+        return torch.full((2, CHUNK, 4), float(len(calls)))
+
+    ex = ChunkExecutor(CHUNK)
+    acts = [float(ex.step(t, policy)[0, 0]) for t in range(7)]
+    assert acts == [1, 1, 1, 2, 2, 2, 3] and calls == [0, 3, 6]
+    calls.clear()
+    ens = ChunkExecutor(CHUNK, mode="ensemble", decay=0.0)
+    acts = [float(ens.step(t, policy)[0, 0]) for t in range(5)]
+    assert acts == pytest.approx([1, 1.5, 2, 3, 4])  # equal weights over the last <= 3 chunks
+    ens.reset()
+    with pytest.raises(ValueError, match=r"\(B, 3, action_dim\)"):
+        ens.step(0, lambda o: torch.zeros(2, 2, 4))
+    model = TinyVLA(_cfg())
+    a = ChunkExecutor(CHUNK, replan_every=2).step(_obs(), model.act)
+    assert a.shape == (3, 4) and model.training  # act restores the mode
