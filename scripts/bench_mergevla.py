@@ -21,6 +21,13 @@ seeds; router accuracy; routing overhead) and writes ``bench.json`` and ``bench.
 
 ``--jobs 2`` runs seeds in parallel processes (one torch thread each). Extra Hydra overrides go
 after ``--``.
+
+``--timing DEVICE [DEVICE ...]`` measures instead, side by side for each device (e.g. ``cpu
+cuda``): one expert training step (LoRA + action expert, ``mergevla.expert.batch_size`` frames,
+synthetic data of the real shapes) and one evaluation episode (reach-v3, one held-out variation,
+an untrained policy: every step of the episode runs); prints a table and writes ``timing.json``:
+
+    python scripts/bench_mergevla.py --timing cpu cuda --out results/mergevla/timing
 """
 
 from __future__ import annotations
@@ -142,6 +149,55 @@ def film(experiment: str, overrides: list[str], variant: str, out: Path) -> dict
     return summarise(result, pipe.suites)
 
 
+def timing(experiment: str, overrides: list[str], devices: list[str], steps: int = 10) -> list[dict[str, Any]]:
+    """Expert training step and evaluation episode wall time per device (see the docstring)."""
+    import torch
+    from streammoe_envs.metaworld import split_variations
+
+    from streammoe.control.mergevla.data import SuiteData
+    from streammoe.control.mergevla.evaluate import SuitePolicy, evaluate
+    from streammoe.control.mergevla.experiment import model_config
+    from streammoe.control.mergevla.model import TinyVLA
+    from streammoe.control.mergevla.train import TrainSettings, train_expert
+    from streammoe.devices import resolve_device
+
+    cfg = _compose(experiment, overrides)
+    c = cfg.mergevla
+    mcfg = model_config(c, "cross_attention", 0)
+    n, rng = 256, np.random.default_rng(0)
+    first = ({"image": rng.integers(0, 256, (n, c.image_size, c.image_size, 3), dtype=np.uint8)}
+             if c.vision else {"state": rng.normal(size=(n, 17)).astype(np.float32)})
+    data = SuiteData(suite="reach_push", tasks=("reach-v3",),
+                     obs={**first, "proprio": rng.normal(size=(n, 4)).astype(np.float32),
+                          "instruction": np.tile(np.array([[2, 1, 12] + [0] * 9]), (n, 1))},
+                     actions=rng.uniform(-1, 1, (n, mcfg.chunk, 4)).astype(np.float32),
+                     action_valid=np.ones((n, mcfg.chunk), bool), task_index=np.zeros(n, np.int64),
+                     episode_index=np.zeros(n, np.int64), step=np.arange(n))
+    base = TinyVLA(mcfg).state_dict()
+    e = c.expert
+    rows = []
+    _, heldout = split_variations(int(c.demos.n_heldout), int(c.demos.split_seed))
+    for name in devices:
+        device = resolve_device(name)
+        settings = TrainSettings(steps=steps, batch_size=int(e.batch_size), lr=float(e.lr),
+                                 weight_decay=0.0, grad_clip=1.0, shift=int(e.shift), log_every=1)
+        _, hist = train_expert(mcfg, base, data, settings, lora_rank=int(e.lora_rank),
+                               lora_alpha=float(e.lora_alpha), lora_target=str(e.lora_target),
+                               shared_lr_scale=float(e.shared_lr_scale), seed=0, device=device)
+        secs = [b["seconds"] - a["seconds"] for a, b in zip(hist, hist[1:])]  # the first step warms up
+        model = TinyVLA(mcfg)
+        model.load_state_dict(base)
+        policy = SuitePolicy([model.to(device).eval()], ("reach_push",), "single")
+        t0 = time.perf_counter()
+        res = evaluate(policy, ["reach-v3"], [heldout[0]], vision=bool(c.vision), image_size=int(c.image_size),
+                       camera=str(c.camera), device=device, desc=f"timing {name}")
+        rows.append({"device": str(device), "train_step_ms": 1000 * float(np.median(secs)),
+                     "episode_s": time.perf_counter() - t0, "episode_steps": res.episodes[0].steps,
+                     "policy_s": res.seconds["policy"], "simulation_s": res.seconds["simulation"],
+                     "torch_threads": torch.get_num_threads()})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--experiment", default="mergevla")
@@ -153,9 +209,20 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("outputs/bench_mergevla"))
     ap.add_argument("--videos", type=Path, default=None, help="film one episode per suite here")
     ap.add_argument("--video-variant", default="ties+mask/router")
+    ap.add_argument("--timing", nargs="+", default=None, metavar="DEVICE",
+                    help="time a training step and an evaluation episode on these devices instead")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides (after --)")
     args = ap.parse_args()
     os.environ.setdefault("MUJOCO_GL", "egl")
+    if args.timing:
+        from streammoe.runs import format_table
+
+        rows = timing(args.experiment, args.overrides, args.timing)
+        print(format_table(rows, title="MergeVLA timing (one training step, one evaluation episode)"))
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "timing.json").write_text(json.dumps({"experiment": args.experiment,
+                                                          "overrides": args.overrides, "rows": rows}, indent=1))
+        return
     cfg = _compose(args.experiment, args.overrides)  # fails early on a bad override
     suites = list(cfg.mergevla.suites)
     start = time.perf_counter()

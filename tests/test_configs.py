@@ -223,7 +223,7 @@ SIZE_KEYS = {  # what a smoke config may change: sizes and budgets (and its name
     "data",    # macrohft_smoke: the synthetic market instead of a download
     # mergevla_smoke: fewer suites, held-out variations, layers and variants; the object state
     # instead of images (the fast path for tests)
-    "suites", "vision", "episodes_per_task", "n_heldout", "n_layers", "lora_rank", "k", "variants",
+    "suites", "pretrain_tasks", "vision", "episodes_per_task", "n_heldout", "n_layers", "lora_rank", "k", "variants",
     "ablation_variants", "video_size",
 }
 

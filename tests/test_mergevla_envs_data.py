@@ -48,7 +48,12 @@ DRAWER, BUTTON = "drawer-close-v3", "button-press-v3"
 
 def test_suites_group_tasks_and_every_instruction_tokenizes() -> None:
     assert len(SUITES) >= 4 and all(len(tasks) >= 2 for tasks in SUITES.values())
-    assert sorted(t for tasks in SUITES.values() for t in tasks) == sorted(TASKS)
+    assert sorted(t for tasks in SUITES.values() for t in tasks) == sorted(mw.TASK_NAMES)
+    # the pre-training tasks are Meta-World tasks outside every suite, with their own instructions
+    assert sorted(TASKS) == sorted((*mw.TASK_NAMES, *mw.PRETRAIN_TASKS))
+    assert not set(mw.PRETRAIN_TASKS) & set(mw.TASK_NAMES)
+    assert all(TASKS[t].suite == mw.PRETRAIN_SUITE for t in mw.PRETRAIN_TASKS)
+    assert mw.TASK_GROUPS == {**SUITES, mw.PRETRAIN_SUITE: mw.PRETRAIN_TASKS}
     instructions = [spec.instruction for spec in TASKS.values()]
     assert len(set(instructions)) == len(instructions)  # the instruction tells tasks apart
     assert TASKS["drawer-open-v3"].instruction == "open the drawer"

@@ -54,7 +54,9 @@ def test_smoke_pipeline_writes_every_output(smoke):
     stats = details["mask_stats"]["cross_attention:ties"]
     assert 0.0 <= stats["selfish_fraction"] <= 1.0
     # the mask file loads against the model it was made for, one mask per suite
-    model = TinyVLA(VLAConfig(vision=False, state_dim=17, vocab_size=28, max_instruction_len=12,
+    from streammoe_envs.metaworld import VOCAB
+
+    model = TinyVLA(VLAConfig(vision=False, state_dim=17, vocab_size=len(VOCAB), max_instruction_len=12,
                               d_model=16, n_heads=2, n_layers=2))
     masks = load_masks(run / "masks_cross_attention_ties.safetensors", like=model.state_dict(), n_tasks=2)
     assert masks.tasks == ("drawer", "button")
@@ -171,3 +173,38 @@ def test_the_smoke_config_is_the_real_one_with_sizes():
     real, smoke_cfg = compose_config(["experiment=mergevla"]), compose_config(["experiment=mergevla_smoke"])
     assert OmegaConf.select(real, "mergevla.vision") is True and smoke_cfg.mergevla.vision is False
     assert real.mergevla.eval.episodes_per_task >= 20  # the issue's >= 20 episodes per task
+
+
+def _tiny_suite(n: int = 16):
+    from streammoe.control.mergevla.data import SuiteData
+
+    rng = np.random.default_rng(0)
+    return SuiteData(suite="drawer", tasks=("drawer-open-v3",),
+                     obs={"state": rng.normal(size=(n, 17)).astype(np.float32),
+                          "proprio": rng.normal(size=(n, 4)).astype(np.float32),
+                          "instruction": np.tile(np.array([[7, 1, 15] + [0] * 9]), (n, 1))},
+                     actions=rng.uniform(-1, 1, (n, 4, 4)).astype(np.float32),
+                     action_valid=np.ones((n, 4), bool), task_index=np.zeros(n, np.int64),
+                     episode_index=np.zeros(n, np.int64), step=np.arange(n))
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.5])
+def test_expert_shared_blocks_move_only_with_their_learning_rate(scale):
+    from streammoe.control.mergevla.train import TrainSettings, train_expert
+
+    cfg = VLAConfig(vision=False, state_dim=17, d_model=16, n_heads=2, n_layers=2)
+    base = TinyVLA(cfg).state_dict()
+    settings = TrainSettings(steps=3, batch_size=4, lr=1e-2, weight_decay=0.0, grad_clip=1.0, shift=0,
+                             log_every=1)
+    expert, history = train_expert(cfg, base, _tiny_suite(), settings, lora_rank=2, lora_alpha=4.0,
+                                   lora_target="backbone", shared_lr_scale=scale, seed=0,
+                                   device=torch.device("cpu"))
+    shared = TinyVLA(cfg).shared_action_expert_prefixes()
+    moved = {k for k in base if not torch.equal(base[k], expert[k])}
+    assert any(k.startswith(TinyVLA(cfg).expert_head_prefixes()) for k in moved)  # the head learns
+    assert any(k.startswith("backbone.") for k in moved)  # folded LoRA changed the backbone
+    assert any(k.startswith(shared) for k in moved) == (scale > 0)
+    assert len(history) == 3
+    with pytest.raises(ValueError, match="shared_lr_scale"):
+        train_expert(cfg, base, _tiny_suite(), settings, lora_rank=2, lora_alpha=4.0,
+                     lora_target="backbone", shared_lr_scale=1.5, seed=0, device=torch.device("cpu"))

@@ -21,12 +21,16 @@ from typing import Any
 
 from streammoe_envs import METAWORLD_ID
 from streammoe_envs.metaworld.suites import (
+    ALL_TASK_NAMES,
     DROPPED_TASKS,
     INSTRUCTION_LEN,
     INSTRUCTION_TEMPLATE,
     N_VARIATIONS,
     PAD_ID,
+    PRETRAIN_SUITE,
+    PRETRAIN_TASKS,
     SUITES,
+    TASK_GROUPS,
     TASK_NAMES,
     TASKS,
     VARIATION_SEED,
@@ -43,14 +47,18 @@ ENV_ID = METAWORLD_ID
 _LAZY = ("ACTION_DIM", "DEFAULT_CAMERA", "PROPRIO_DIM", "STATE_DIM", "MetaWorldTaskEnv", "variation_task")
 
 __all__ = [
+    "ALL_TASK_NAMES",
     "DROPPED_TASKS",
     "ENV_ID",
     "INSTRUCTION_LEN",
     "INSTRUCTION_TEMPLATE",
     "N_VARIATIONS",
     "PAD_ID",
+    "PRETRAIN_SUITE",
+    "PRETRAIN_TASKS",
     "SUITES",
     "TASKS",
+    "TASK_GROUPS",
     "TASK_NAMES",
     "VARIATION_SEED",
     "VOCAB",

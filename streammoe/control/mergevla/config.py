@@ -121,6 +121,7 @@ class ExpertSettings(StageTrainSettings):
     lora_alpha: float = MISSING
     lora_target: str = MISSING
     targets: str = MISSING        # actions | expert_actions
+    shared_lr_scale: float = MISSING  # lr of the shared action-expert blocks / lr (0: frozen)
 
     def check(self, at: str) -> None:
         super().check(at)
@@ -128,6 +129,7 @@ class ExpertSettings(StageTrainSettings):
         greater_than(f"{at}lora_alpha", self.lora_alpha, 0.0)
         one_of(f"{at}lora_target", self.lora_target, LORA_TARGETS)
         one_of(f"{at}targets", self.targets, ("actions", "expert_actions"))
+        in_range(f"{at}shared_lr_scale", self.shared_lr_scale, 0.0, 1.0)
 
 
 @dataclass
@@ -182,6 +184,7 @@ class MergeVLAConfig:
 
     data_dir: str = MISSING
     suites: list[str] = MISSING
+    pretrain_tasks: list[str] = MISSING
     vision: bool = MISSING
     image_size: int = MISSING
     camera: str = MISSING
@@ -199,6 +202,10 @@ class MergeVLAConfig:
             one_of(f"{at}suites[{i}]", suite, SUITE_NAMES)
         if len(set(self.suites)) != len(self.suites):
             raise ConfigError(f"{at}suites lists a suite twice: {list(self.suites)}")
+        from streammoe_envs.metaworld.suites import PRETRAIN_TASKS
+
+        for i, task in enumerate(self.pretrain_tasks):
+            one_of(f"{at}pretrain_tasks[{i}]", task, PRETRAIN_TASKS)
         if len(self.suites) < 2:
             raise ConfigError(f"{at}suites needs >= 2 suites to merge, got {list(self.suites)}")
         in_range(f"{at}image_size", self.image_size, 8, 480)

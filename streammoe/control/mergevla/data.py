@@ -64,10 +64,11 @@ from typing import Any
 import h5py
 import numpy as np
 from streammoe_envs.metaworld import (
+    ALL_TASK_NAMES,
     ENV_ID,
     INSTRUCTION_LEN,
     N_VARIATIONS,
-    SUITES,
+    TASK_GROUPS,
     TASK_NAMES,
     VOCAB,
     split_variations,
@@ -243,7 +244,7 @@ def collect_demos(tasks: Sequence[str] | None = None, episodes_per_task: int = 1
     dropped: dict[str, float] = {}
     bar = progress(total=len(tasks) * episodes_per_task, desc="collect demos")
     for task in tasks:
-        rng = np.random.default_rng([int(seed), TASK_NAMES.index(task)])
+        rng = np.random.default_rng([int(seed), ALL_TASK_NAMES.index(task)])
         order = rng.permutation(pool)
         env = MetaWorldTaskEnv(task, int(order[0]), vision=vision, image_size=image_size, camera=camera)
         try:
@@ -319,7 +320,7 @@ def _meta(demos: DemoSet) -> dict[str, Any]:
         "settings": demos.settings,
         "expert_stats": demos.stats,
         "dropped": demos.dropped,
-        "suites": {s: [t for t in tasks if t in present] for s, tasks in SUITES.items()
+        "suites": {s: [t for t in tasks if t in present] for s, tasks in TASK_GROUPS.items()
                    if any(t in present for t in tasks)},
         "vocab": list(VOCAB),
         "instruction_len": INSTRUCTION_LEN,
@@ -465,13 +466,14 @@ def action_chunks(actions: np.ndarray, chunk_size: int) -> tuple[np.ndarray, np.
 
 def suite_data(episodes: Sequence[Episode], chunk_size: int, action_key: str = "actions",
                episode_ids: Sequence[int] | None = None) -> dict[str, SuiteData]:
-    """Stack episodes per suite (suites and tasks in ``SUITES`` order). ``action_key``:
+    """Stack episodes per suite (suites and tasks in ``TASK_GROUPS`` order: the suites, then the
+    pre-training tasks as the group ``"pretrain"``). ``action_key``:
     ``"actions"`` (executed, noisy) or ``"expert_actions"`` (noise-free) as targets."""
     if action_key not in ("actions", "expert_actions"):
         raise ValueError(f"action_key must be 'actions' or 'expert_actions', got {action_key!r}")
     ids = list(range(len(episodes)) if episode_ids is None else episode_ids)
     out: dict[str, SuiteData] = {}
-    for suite, suite_tasks in SUITES.items():
+    for suite, suite_tasks in TASK_GROUPS.items():
         members = [(i, ep) for i, ep in zip(ids, episodes, strict=True) if ep.suite == suite]
         if not members:
             continue

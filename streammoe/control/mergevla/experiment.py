@@ -30,7 +30,13 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from streammoe_envs.metaworld import INSTRUCTION_LEN, SUITES, VOCAB, split_variations
+from streammoe_envs.metaworld import (
+    INSTRUCTION_LEN,
+    PRETRAIN_SUITE,
+    SUITES,
+    VOCAB,
+    split_variations,
+)
 from streammoe_envs.metaworld.env import STATE_DIM
 
 from streammoe.control.mergevla.config import validated, variant_parts
@@ -71,6 +77,7 @@ class Pipeline:
         self.c, self.seed, self.device, self.recorder = c, int(seed), device, recorder
         self.suites = tuple(c.suites)
         self.tasks = tuple(t for s in self.suites for t in SUITES[s])
+        self.pretrain_tasks = tuple(c.pretrain_tasks)
         self.cache = Path(c.data_dir)
         self._demos: tuple[str, dict[str, SuiteData], dict[str, Any]] | None = None
         self._experts: dict[str, tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]], list[str]]] = {}
@@ -81,7 +88,7 @@ class Pipeline:
         if self._demos is None:
             d = self.c.demos
             path, demos = ensure_demos(
-                self.cache, tasks=list(self.tasks), episodes_per_task=int(d.episodes_per_task),
+                self.cache, tasks=[*self.tasks, *self.pretrain_tasks], episodes_per_task=int(d.episodes_per_task),
                 vision=bool(self.c.vision), image_size=int(self.c.image_size), camera=str(self.c.camera),
                 action_noise=float(d.action_noise), seed=int(d.seed), min_success=float(d.min_success),
                 n_heldout=int(d.n_heldout), split_seed=int(d.split_seed))
@@ -90,7 +97,8 @@ class Pipeline:
             if missing:
                 raise RuntimeError(f"no demonstrations of suites {missing} in {path}: every task of "
                                    f"them was dropped ({demos.dropped})")
-            self._demos = (demos.fingerprint, {s: data[s] for s in self.suites},
+            self._demos = (demos.fingerprint, {s: data[s] for s in (*self.suites, *(
+                [PRETRAIN_SUITE] if self.pretrain_tasks else []))},
                            {"expert_success": {t: s["success_rate"] for t, s in demos.stats.items()},
                             "dropped_tasks": dict(demos.dropped), "demo_file": str(path)})
         return self._demos
@@ -108,23 +116,26 @@ class Pipeline:
         demo_fp, data, _ = self.demos()
         cfg = model_config(self.c, action_head, self.seed)
         base_settings = {"model": cfg.to_dict(), "train": _train_settings(self.c.base).to_dict(),
-                         "suites": list(self.suites)}
+                         "suites": list(self.suites), "pretrain_tasks": list(self.pretrain_tasks)}
+        suites_data = {s: data[s] for s in self.suites}
         base, base_fp, _ = cached_stage(
             self.cache, f"base_s{self.seed}", base_settings, [demo_fp],
-            lambda: {"weights": train_base(cfg, data, _train_settings(self.c.base), seed=self.seed,
+            lambda: {"weights": train_base(cfg, suites_data, _train_settings(self.c.base),
+                                           pretrain=data.get(PRETRAIN_SUITE), seed=self.seed,
                                            device=self.device, log=self._log(f"base/{action_head}"))[0]})
         e = self.c.expert
         experts, fps = [], []
         for i, suite in enumerate(self.suites):
             settings = {"model": cfg.to_dict(), "train": _train_settings(e).to_dict(), "suite": suite,
                         "lora": {"rank": int(e.lora_rank), "alpha": float(e.lora_alpha),
-                                 "target": str(e.lora_target)}, "targets": str(e.targets)}
+                                 "target": str(e.lora_target)}, "targets": str(e.targets),
+                        "shared_lr_scale": float(e.shared_lr_scale)}
             state, fp, _ = cached_stage(
                 self.cache, f"expert_{suite}_s{self.seed}", settings, [base_fp],
                 lambda suite=suite, i=i: {"weights": train_expert(
                     cfg, base["weights"], data[suite], _train_settings(e), lora_rank=int(e.lora_rank),
                     lora_alpha=float(e.lora_alpha), lora_target=str(e.lora_target),
-                    seed=self.seed * 1000 + i + 1, device=self.device,
+                    shared_lr_scale=float(e.shared_lr_scale), seed=self.seed * 1000 + i + 1, device=self.device,
                     log=self._log(f"expert/{action_head}/{suite}"))[0]})
             experts.append(state["weights"])
             fps.append(fp)
@@ -160,11 +171,10 @@ class Pipeline:
         merged = self.merge(action_head, merge)
         models = [build(merged.state_dict_for(t, masked=masked)) for t in range(merged.n_tasks)]
         router = None
-        if route == "router":
-            key = models[0].value_projection_key()
+        if route == "router":  # each suite's subspace from that expert's own (unmerged) weights
             router = TestTimeTaskRouter.from_state_dicts(
-                [merged.state_dict_for(t, masked=masked) for t in range(merged.n_tasks)], key,
-                k=int(self.c.router.k), temperature=float(self.c.router.temperature), tasks=self.suites)
+                experts, models[0].value_projection_key(), k=int(self.c.router.k),
+                temperature=float(self.c.router.temperature), tasks=self.suites)
         return SuitePolicy(models, self.suites, route, router), merged
 
     def evaluate(self, action_head: str, variant: str, video_dir: Path | None = None

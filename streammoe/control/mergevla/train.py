@@ -1,12 +1,15 @@
 """MergeVLA training: the base (perception pre-training) and one expert per suite, as cached stages.
 
-**Base.** The backbone learns to see and to read, not to act: :meth:`TinyVLA.auxiliary_loss` on
-every suite's demonstration frames, predicting the hand position (from the image or state and the
-proprio token), the task's object position and the goal position (which object and which goal
-depend on the instruction) from the mean of the backbone's final tokens. No action is a target,
-so the base solves no suite (its action expert stays at its seeded initialisation, measured in
-the benchmark) and every suite's skill must come from its expert: merging is then what decides
-whether one model keeps them all.
+**Base.** The base learns to see, to read and to act, but none of the suites' skills. Each step
+adds two losses: :meth:`TinyVLA.auxiliary_loss` on frames of every suite and pre-training task
+(the hand position, the task's object position and the goal position, which depend on the
+instruction, from the mean of the backbone's final tokens), and :meth:`TinyVLA.action_loss` on
+the *pre-training tasks'* demonstrations only (Meta-World tasks outside every suite: faucets,
+handles, a lever, a plate, a dial; ``streammoe_envs.metaworld.PRETRAIN_TASKS``). So the whole
+model, action expert included, starts every suite's expert from one trained point (experts of
+one pre-trained model are what merging assumes: fine-tuned from a random action expert, they
+land in unrelated basins and their average acts like none of them, measured), while no suite's
+skill is in the base (``base/single`` in the benchmark).
 
 **Experts.** For each suite, from the same base: PEFT LoRA (rank ``lora_rank``) on the backbone's
 linear layers plus the whole action expert, trained on that suite's demonstrations with the L1
@@ -136,7 +139,7 @@ def _concat(datas: Sequence[SuiteData]) -> SuiteData:
 LogFn = Callable[[dict[str, Any]], None]
 
 
-def _loop(model: TinyVLA, params: list[torch.nn.Parameter], data: SuiteData, settings: TrainSettings,
+def _loop(model: TinyVLA, params: list[Any], data: SuiteData, settings: TrainSettings,
           loss_fn: Callable[[dict[str, Tensor], np.ndarray], Tensor], seed: int, desc: str,
           log: LogFn | None) -> list[dict[str, float]]:
     """The one training loop both stages use: uniform minibatches, AdamW, clip, log."""
@@ -144,6 +147,7 @@ def _loop(model: TinyVLA, params: list[torch.nn.Parameter], data: SuiteData, set
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    clipped = [p for g in opt.param_groups for p in g["params"]]
     vision = model.cfg.vision
     history: list[dict[str, float]] = []
     model.train()
@@ -159,7 +163,7 @@ def _loop(model: TinyVLA, params: list[torch.nn.Parameter], data: SuiteData, set
                                      "learning rate or the gradient clip")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
+        torch.nn.utils.clip_grad_norm_(clipped, settings.grad_clip)
         opt.step()
         running.append(float(loss.detach()))
         if step % settings.log_every == 0 or step == settings.steps:
@@ -174,16 +178,26 @@ def _loop(model: TinyVLA, params: list[torch.nn.Parameter], data: SuiteData, set
 
 
 def train_base(model_cfg: VLAConfig, data: Mapping[str, SuiteData], settings: TrainSettings, *,
-               seed: int, device: torch.device, log: LogFn | None = None
+               pretrain: SuiteData | None, seed: int, device: torch.device, log: LogFn | None = None
                ) -> tuple[dict[str, Tensor], list[dict[str, float]]]:
-    """Pre-train the base on every suite's frames with the auxiliary targets only (no actions);
-    returns its state dict (on the CPU) and the loss history."""
+    """Pre-train the base: auxiliary targets on every frame of ``data`` and ``pretrain``, plus the
+    action loss on ``pretrain`` (the pre-training tasks; ``None``: perception only). Returns the
+    state dict (on the CPU) and the loss history (the sum of both losses)."""
     model = TinyVLA(model_cfg).to(device)
-    table = _concat(list(data.values()))
+    table = _concat([*data.values(), *([pretrain] if pretrain is not None else [])])
     params = [p for p in model.parameters() if p.requires_grad]
+    rng = np.random.default_rng([seed, 1])
+    gen = torch.Generator().manual_seed(seed + 1)
 
     def loss_fn(obs: dict[str, Tensor], idx: np.ndarray) -> Tensor:
-        return model.auxiliary_loss(obs, aux_targets(table, idx, device))
+        loss = model.auxiliary_loss(obs, aux_targets(table, idx, device))
+        if pretrain is not None:
+            rows = rng.integers(0, len(pretrain), settings.batch_size)
+            act_obs = obs_batch(pretrain, rows, model_cfg.vision, device)
+            if model_cfg.vision:
+                act_obs["image"] = random_shift(act_obs["image"].cpu(), settings.shift, gen).to(device)
+            loss = loss + model.action_loss(act_obs, torch.from_numpy(pretrain.actions[rows]).to(device))
+        return loss
 
     history = _loop(model, params, table, settings, loss_fn, seed, "base (perception)", log)
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, history
@@ -191,19 +205,30 @@ def train_base(model_cfg: VLAConfig, data: Mapping[str, SuiteData], settings: Tr
 
 def train_expert(model_cfg: VLAConfig, base: Mapping[str, Tensor], data: SuiteData,
                  settings: TrainSettings, *, lora_rank: int, lora_alpha: float, lora_target: str,
-                 seed: int, device: torch.device, log: LogFn | None = None
+                 shared_lr_scale: float = 1.0, seed: int, device: torch.device, log: LogFn | None = None
                  ) -> tuple[dict[str, Tensor], list[dict[str, float]]]:
     """One suite's expert from the base: LoRA on the backbone + the action expert, trained on the
-    suite's chunks, LoRA folded; returns the expert's state dict (CPU, the base's keys)."""
+    suite's chunks, LoRA folded; returns the expert's state dict (CPU, the base's keys).
+    ``shared_lr_scale``: the learning rate of the action expert's shared part (the blocks merging
+    averages) relative to ``settings.lr``; 0 freezes it."""
+    if not 0.0 <= shared_lr_scale <= 1.0:
+        raise ValueError(f"shared_lr_scale must be in [0, 1], got {shared_lr_scale}")
     model = TinyVLA(model_cfg)
     model.load_state_dict(base)
     model = add_lora(model, rank=lora_rank, alpha=lora_alpha, target=lora_target).to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
+    shared = model.shared_action_expert_prefixes()
+    own = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith(shared)]
+    common = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith(shared)]
+    if shared_lr_scale == 0.0:
+        for p in common:
+            p.requires_grad_(False)
+    groups = [{"params": own}] + ([{"params": common, "lr": settings.lr * shared_lr_scale}]
+                                  if shared_lr_scale > 0.0 else [])
 
     def loss_fn(obs: dict[str, Tensor], idx: np.ndarray) -> Tensor:
         return model.action_loss(obs, torch.from_numpy(data.actions[idx]).to(device))
 
-    history = _loop(model, params, data, settings, loss_fn, seed, f"expert {data.suite}", log)
+    history = _loop(model, groups, data, settings, loss_fn, seed, f"expert {data.suite}", log)
     state = fold_lora(model.cpu())
     return state, history
 
