@@ -12,8 +12,8 @@ variations (each evaluation is cached too):
 * the self-attention action head (``--ablation``), merged the same way.
 
 Prints a table (success per suite, mean over seeds with the spread and a 95 % interval over
-seeds; router accuracy; routing overhead) and writes ``bench.json`` and ``bench.md`` into
-``--out``; ``--videos DIR`` films one episode per suite of ``--video-variant`` (seed 0).
+seeds; router accuracy; routing overhead) and writes ``bench.json``, ``bench.md``,
+``success.png`` and ``router_confusion.png`` (summed over seeds) into ``--out``; ``--videos DIR`` films one episode per suite of ``--video-variant`` (seed 0).
 
     python scripts/bench_mergevla.py --seeds 0 1 2 --out results/mergevla/state -- mergevla.vision=false
     python scripts/bench_mergevla.py --seeds 0 1 2 --out results/mergevla/vision
@@ -118,6 +118,7 @@ def aggregate(per_seed: dict[int, dict[str, Any]], suites: list[str]) -> dict[st
                                "per_seed": [r["success"] for r in runs]}
         if "router_accuracy" in runs[0]:
             row["router_accuracy"] = _interval([r["router_accuracy"] for r in runs])
+            row["router_confusion"] = np.sum([r["router_confusion"] for r in runs], axis=0).tolist()
             row["route_overhead"] = _interval([r["route_overhead"] for r in runs])
             row["route_s_per_episode"] = float(np.mean([r["seconds"]["route"] / r["episodes"] for r in runs]))
             row["episode_s"] = float(np.mean([r["seconds"]["total"] / r["episodes"] for r in runs]))
@@ -248,6 +249,13 @@ def main() -> None:
     if args.videos is not None:
         videos = film(args.experiment, args.overrides, args.video_variant, args.videos)
     (args.out / "bench.md").write_text(md)
+    from streammoe.control.mergevla.evaluate import plot_confusion, plot_success
+
+    means = {n: {"success_per_suite": {s: r["success_per_suite"][s][0] for s in suites},
+                 **({"router_confusion": r["router_confusion"]} if "router_confusion" in r else {})}
+             for n, r in table.items()}
+    plot_success(means, suites, args.out / "success.png", title=f"{title}: mean success per suite")
+    plot_confusion(means, suites, args.out / "router_confusion.png")
     (args.out / "bench.json").write_text(json.dumps({
         "experiment": args.experiment, "overrides": args.overrides, "seeds": args.seeds,
         "suites": suites, "table": table, "per_seed": per_seed,

@@ -32,11 +32,12 @@ from streammoe_envs.metaworld import SUITES
 from streammoe_envs.metaworld.env import DEFAULT_CAMERA, MetaWorldTaskEnv
 
 from streammoe.control.mergevla.model import TinyVLA
-from streammoe.control.mergevla.router import TestTimeTaskRouter
-from streammoe.runs import progress
+from streammoe.control.mergevla.router import TestTimeTaskRouter, confusion_matrix
+from streammoe.runs import progress, pyplot, save_figure
 from streammoe.video import write_mp4
 
-__all__ = ["EpisodeRecord", "EvalResult", "ROUTES", "SuitePolicy", "evaluate", "summarise"]
+__all__ = ["EpisodeRecord", "EvalResult", "ROUTES", "SuitePolicy", "evaluate", "plot_confusion",
+           "plot_success", "summarise"]
 
 ROUTES = ("oracle", "router", "single")
 
@@ -172,8 +173,10 @@ def evaluate(policy: SuitePolicy, tasks: Sequence[str], variations: Sequence[int
 
 
 def summarise(result: EvalResult, suites: Sequence[str]) -> dict[str, Any]:
-    """Success per suite (mean over its tasks' episodes), per task, the mean over suites, router
-    accuracy (when routed) and routing overhead as a share of the episodes' wall time."""
+    """Success per suite (mean over its tasks' episodes), per task, the mean over suites; when
+    routed, the router's accuracy, mean confidence and confusion matrix (rows the true suite,
+    columns the routed one, in ``suites`` order); routing overhead as a share of the episodes'
+    wall time."""
     eps = result.episodes
     per_task: dict[str, float] = {}
     for task in dict.fromkeys(e.task for e in eps):
@@ -187,6 +190,56 @@ def summarise(result: EvalResult, suites: Sequence[str]) -> dict[str, Any]:
     if routed:
         out["router_accuracy"] = float(np.mean([e.routed_suite == e.suite for e in routed]))
         out["router_confidence_mean"] = float(np.mean([e.confidence for e in routed]))
+        out["router_confusion"] = confusion_matrix([list(suites).index(e.suite) for e in routed],
+                                                   [list(suites).index(e.routed_suite) for e in routed],
+                                                   len(suites)).tolist()
     if result.seconds.get("total"):
         out["route_overhead"] = result.seconds["route"] / result.seconds["total"]
     return out
+
+
+def plot_success(variants: Mapping[str, Mapping[str, Any]], suites: Sequence[str], path: str | Path,
+                 title: str = "MergeVLA: success per suite (held-out variations)") -> Path:
+    """Bars of success per suite for each variant (``summarise``'s dicts by variant name)."""
+    plt = pyplot()
+    names = list(variants)
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(names) + 2), 3.8))
+    width = 0.8 / len(suites)
+    for j, suite in enumerate(suites):
+        ax.bar(np.arange(len(names)) + j * width,
+               [100 * variants[n]["success_per_suite"].get(suite, 0) for n in names], width, label=suite)
+    ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=35, ha="right", fontsize=7)
+    ax.set_ylabel("success %")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=7, ncol=len(suites))
+    ax.set_title(title, fontsize=9)
+    return save_figure(fig, path)
+
+
+def plot_confusion(variants: Mapping[str, Mapping[str, Any]], suites: Sequence[str], path: str | Path
+                   ) -> Path | None:
+    """One confusion matrix per routed variant (counts, shaded by row share); None if none."""
+    routed = [n for n in variants if "router_confusion" in variants[n]]
+    if not routed:
+        return None
+    plt = pyplot()
+    cols = min(4, len(routed))
+    rows_n = -(-len(routed) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(3.9 * cols, 3.9 * rows_n), squeeze=False)
+    fig.subplots_adjust(wspace=0.45, hspace=0.6)
+    for ax in axes.flat[len(routed):]:
+        ax.axis("off")
+    for ax, n in zip(axes.flat, routed):
+        cm = np.asarray(variants[n]["router_confusion"], float)
+        share = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+        ax.imshow(share, vmin=0, vmax=1, cmap="Blues")
+        for (i, j), v in np.ndenumerate(cm):
+            ax.text(j, i, int(v), ha="center", va="center", fontsize=8,
+                    color="white" if share[i, j] > 0.5 else "black")
+        ax.set_xticks(range(len(suites)), suites, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(suites)), suites, fontsize=7)
+        ax.set_xlabel("routed to", fontsize=7)
+        ax.set_ylabel("true suite", fontsize=7)
+        acc = np.trace(cm) / max(cm.sum(), 1)
+        ax.set_title(f"{n}\naccuracy {100 * acc:.1f} %", fontsize=8)
+    return save_figure(fig, path)

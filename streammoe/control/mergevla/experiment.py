@@ -27,7 +27,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from streammoe_envs.metaworld import (
@@ -41,7 +40,14 @@ from streammoe_envs.metaworld.env import STATE_DIM
 
 from streammoe.control.mergevla.config import validated, variant_parts
 from streammoe.control.mergevla.data import SuiteData, ensure_demos, suite_data
-from streammoe.control.mergevla.evaluate import EvalResult, SuitePolicy, evaluate, summarise
+from streammoe.control.mergevla.evaluate import (
+    EvalResult,
+    SuitePolicy,
+    evaluate,
+    plot_confusion,
+    plot_success,
+    summarise,
+)
 from streammoe.control.mergevla.merging import (
     MergedExperts,
     merge_experts,
@@ -49,10 +55,10 @@ from streammoe.control.mergevla.merging import (
     save_masks,
 )
 from streammoe.control.mergevla.model import TinyVLA, VLAConfig
-from streammoe.control.mergevla.router import TestTimeTaskRouter, confusion_matrix
+from streammoe.control.mergevla.router import TestTimeTaskRouter
 from streammoe.control.mergevla.train import TrainSettings, cached_stage, train_base, train_expert
 from streammoe.devices import resolve_device
-from streammoe.runs import RunRecorder, format_table, pyplot, save_figure
+from streammoe.runs import RunRecorder, format_table
 
 __all__ = ["Pipeline", "model_config", "run", "run_mergevla"]
 
@@ -232,46 +238,14 @@ def run_mergevla(c: DictConfig, seed: int, device: torch.device, run_dir: Path,
             metrics["mask_stats"][f"{head}:{merge}"] = merged.stats.to_dict()
             save_masks(run_dir / f"masks_{head}_{merge}.safetensors", merged.masks, tasks=pipe.suites,
                        lam=merged.lam)
-        if route == "router":
-            true = [pipe.suites.index(e.suite) for e in result.episodes]
-            chosen = [pipe.suites.index(e.routed_suite) for e in result.episodes]
-            summary["router_confusion"] = confusion_matrix(true, chosen, len(pipe.suites)).tolist()
     (run_dir / "results.json").write_text(json.dumps({"seed": seed, "episodes": episodes}, indent=1))
     _plots(metrics, pipe.suites, run_dir)
     return metrics
 
 
 def _plots(metrics: Mapping[str, Any], suites: Sequence[str], run_dir: Path) -> None:
-    plt = pyplot()
-    variants = metrics["variants"]
-    names = list(variants)
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(names) + 2), 3.6))
-    width = 0.8 / len(suites)
-    for j, suite in enumerate(suites):
-        ax.bar(np.arange(len(names)) + j * width, [100 * variants[n]["success_per_suite"].get(suite, 0)
-                                                   for n in names], width, label=suite)
-    ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("success %")
-    ax.set_ylim(0, 105)
-    ax.legend(fontsize=7, ncol=len(suites))
-    ax.set_title("MergeVLA: success per suite (held-out variations)")
-    save_figure(fig, run_dir / "success.png")
-    routed = [n for n in names if "router_confusion" in variants[n]]
-    if routed:
-        fig, axes = plt.subplots(1, len(routed), figsize=(3.4 * len(routed), 3.2), squeeze=False)
-        for ax, n in zip(axes[0], routed):
-            cm = np.asarray(variants[n]["router_confusion"], float)
-            rows = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-            ax.imshow(rows, vmin=0, vmax=1, cmap="Blues")
-            for (i, j), v in np.ndenumerate(cm):
-                ax.text(j, i, int(v), ha="center", va="center", fontsize=8,
-                        color="white" if rows[i, j] > 0.5 else "black")
-            ax.set_xticks(range(len(suites)), suites, rotation=45, ha="right", fontsize=7)
-            ax.set_yticks(range(len(suites)), suites, fontsize=7)
-            ax.set_xlabel("routed to")
-            ax.set_title(f"{n}\naccuracy {100 * variants[n]['router_accuracy']:.1f} %", fontsize=8)
-        axes[0][0].set_ylabel("true suite")
-        save_figure(fig, run_dir / "router_confusion.png")
+    plot_success(metrics["variants"], suites, run_dir / "success.png")
+    plot_confusion(metrics["variants"], suites, run_dir / "router_confusion.png")
 
 
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
