@@ -208,3 +208,27 @@ def test_expert_shared_blocks_move_only_with_their_learning_rate(scale):
     with pytest.raises(ValueError, match="shared_lr_scale"):
         train_expert(cfg, base, _tiny_suite(), settings, lora_rank=2, lora_alpha=4.0,
                      lora_target="backbone", shared_lr_scale=1.5, seed=0, device=torch.device("cpu"))
+
+
+def test_bench_script_runs_the_smoke_grid_and_writes_its_table(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "bench"
+    proc = subprocess.run(
+        [sys.executable, str(root / "scripts" / "bench_mergevla.py"), "--experiment", "mergevla_smoke",
+         "--seeds", "0", "1", "--variants", "experts/oracle", "ties+mask/router", "--ablation",
+         "--out", str(out), "--", f"mergevla.data_dir={tmp_path / 'cache'}"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    bench = json.loads((out / "bench.json").read_text())
+    assert bench["seeds"] == [0, 1] and set(bench["table"]) == {"experts/oracle", "ties+mask/router"}
+    row = bench["table"]["ties+mask/router"]
+    mean, sd, lo, hi = row["success"]
+    assert 0.0 <= lo <= mean <= hi <= 1.0 and sd >= 0.0 and len(row["per_seed"]) == 2
+    assert np.sum(row["router_confusion"]) == sum(r["variants"]["ties+mask/router"]["episodes"]
+                                                  for r in bench["per_seed"].values())
+    for name in ("bench.md", "success.png", "router_confusion.png"):
+        assert (out / name).stat().st_size > 0
+    assert "| experts/oracle |" in (out / "bench.md").read_text()
