@@ -87,6 +87,7 @@ class Pipeline:
         self.cache = Path(c.data_dir)
         self._demos: tuple[str, dict[str, SuiteData], dict[str, Any]] | None = None
         self._experts: dict[str, tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]], list[str]]] = {}
+        self._merges: dict[tuple[str, str], MergedExperts] = {}
 
     # ----- stages -----------------------------------------------------------------------------
     def demos(self) -> tuple[str, dict[str, SuiteData], dict[str, Any]]:
@@ -149,13 +150,17 @@ class Pipeline:
         return self._experts[action_head]
 
     def merge(self, action_head: str, method: str) -> MergedExperts:
-        base, experts, _ = self.experts(action_head)
-        probe = TinyVLA(model_config(self.c, action_head, self.seed))
-        m = self.c.merge
-        scale = float(m.task_arithmetic_scale) if method == "task_arithmetic" else 1.0
-        return merge_experts(base, experts, heads=probe.expert_head_prefixes(),
-                             averaged=probe.shared_action_expert_prefixes(), method=method,
-                             density=float(m.ties_density), scale=scale, lam=float(m.lam))
+        """The experts merged with ``method`` (computed once per head and method)."""
+        if (action_head, method) not in self._merges:
+            base, experts, _ = self.experts(action_head)
+            probe = TinyVLA(model_config(self.c, action_head, self.seed))
+            m = self.c.merge
+            scale = float(m.task_arithmetic_scale) if method == "task_arithmetic" else 1.0
+            self._merges[action_head, method] = merge_experts(
+                base, experts, heads=probe.expert_head_prefixes(),
+                averaged=probe.shared_action_expert_prefixes(), method=method,
+                density=float(m.ties_density), scale=scale, lam=float(m.lam))
+        return self._merges[action_head, method]
 
     def policy(self, action_head: str, variant: str) -> tuple[SuitePolicy, MergedExperts | None]:
         """The policy a variant names (and the merge it came from, if any)."""

@@ -113,6 +113,15 @@ def obs_batch(data: SuiteData, idx: np.ndarray, vision: bool, device: torch.devi
             "instruction": torch.from_numpy(data.obs["instruction"][idx]).to(device)}
 
 
+def _augmented_batch(data: SuiteData, idx: np.ndarray, vision: bool, shift: int,
+                     generator: torch.Generator, device: torch.device) -> dict[str, Tensor]:
+    """:func:`obs_batch` with :func:`random_shift` applied to the images (no-op on states)."""
+    obs = obs_batch(data, idx, vision, device)
+    if vision:
+        obs["image"] = random_shift(obs["image"].cpu(), shift, generator).to(device)
+    return obs
+
+
 def aux_targets(data: SuiteData, idx: np.ndarray, device: torch.device) -> dict[str, Tensor]:
     """The base's targets for rows ``idx``: hand, object and goal positions."""
     if "state" not in data.obs:
@@ -154,10 +163,7 @@ def _loop(model: TinyVLA, params: list[Any], data: SuiteData, settings: TrainSet
     start, running = time.perf_counter(), []
     for step in progress(range(1, settings.steps + 1), desc=desc):
         idx = rng.integers(0, len(data), settings.batch_size)
-        obs = obs_batch(data, idx, vision, device)
-        if vision:
-            obs["image"] = random_shift(obs["image"].cpu(), settings.shift, gen).to(device)
-        loss = loss_fn(obs, idx)
+        loss = loss_fn(_augmented_batch(data, idx, vision, settings.shift, gen, device), idx)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{desc}: the loss became {float(loss)} at step {step}; lower the "
                                      "learning rate or the gradient clip")
@@ -193,13 +199,11 @@ def train_base(model_cfg: VLAConfig, data: Mapping[str, SuiteData], settings: Tr
         loss = model.auxiliary_loss(obs, aux_targets(table, idx, device))
         if pretrain is not None:
             rows = rng.integers(0, len(pretrain), settings.batch_size)
-            act_obs = obs_batch(pretrain, rows, model_cfg.vision, device)
-            if model_cfg.vision:
-                act_obs["image"] = random_shift(act_obs["image"].cpu(), settings.shift, gen).to(device)
+            act_obs = _augmented_batch(pretrain, rows, model_cfg.vision, settings.shift, gen, device)
             loss = loss + model.action_loss(act_obs, torch.from_numpy(pretrain.actions[rows]).to(device))
         return loss
 
-    history = _loop(model, params, table, settings, loss_fn, seed, "base (perception)", log)
+    history = _loop(model, params, table, settings, loss_fn, seed, "base", log)
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, history
 
 
