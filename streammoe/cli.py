@@ -13,7 +13,6 @@ this module, and only this one, those imports). See :mod:`streammoe.config`.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from streammoe.config import RootConfig, register_schemas, validate
+from streammoe.config import RootConfig, config_dir, register_schemas, validate
 from streammoe.control.macrohft.config import MacroHFTExperiment
 from streammoe.control.mergevla.config import MergeVLAExperiment
 from streammoe.control.skillblend.config import SkillBlendExperiment, SkillTrainingExperiment
@@ -42,25 +41,6 @@ SCHEMAS: dict[str, type[RootConfig]] = {
     "router_demo": RouterDemoExperiment,
 }
 register_schemas(SCHEMAS)
-
-
-def config_dir() -> Path:
-    """Where the Hydra configs are: ``$STREAMMOE_CONF`` if set, else the ``conf/`` packaged in the
-    wheel (``streammoe/conf``), else the repository's ``conf/`` (source checkouts, editable
-    installs). The repository's ``conf/`` is the source; the wheel carries a copy of it."""
-    override = os.environ.get("STREAMMOE_CONF")
-    if override:
-        path = Path(override).expanduser().resolve()
-        if not (path / "config.yaml").is_file():
-            raise FileNotFoundError(f"STREAMMOE_CONF={override!r} has no config.yaml; point it at a "
-                                    "copy of streammoe's conf/ folder or unset it")
-        return path
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "conf", here.parent / "conf"):
-        if (candidate / "config.yaml").is_file():
-            return candidate
-    raise FileNotFoundError(f"streammoe's configs are missing (looked in {here / 'conf'} and "
-                            f"{here.parent / 'conf'}); reinstall streammoe or set STREAMMOE_CONF")
 
 
 CONF_DIR = config_dir()

@@ -41,9 +41,11 @@ validates again as its first line (entries are also called directly, by tests an
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, is_dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -53,6 +55,7 @@ from omegaconf.errors import MissingMandatoryValue
 from streammoe.devices import resolve_device
 
 __all__ = [
+    "config_dir",
     "SCHEMA_GROUP",
     "ConfigError",
     "RootConfig",
@@ -235,3 +238,22 @@ def _check(obj: Any, at: str) -> None:
     elif isinstance(obj, (list, tuple)):
         for i, value in enumerate(obj):
             _check(value, f"{at.rstrip('.')}[{i}].")
+
+
+def config_dir() -> Path:
+    """Where the Hydra configs are: ``$STREAMMOE_CONF`` if set, else the ``conf/`` packaged in the
+    wheel (``streammoe/conf``), else the repository's ``conf/`` (source checkouts, editable
+    installs). The repository's ``conf/`` is the source; the wheel carries a copy of it."""
+    override = os.environ.get("STREAMMOE_CONF")
+    if override:
+        path = Path(override).expanduser().resolve()
+        if not (path / "config.yaml").is_file():
+            raise FileNotFoundError(f"STREAMMOE_CONF={override!r} has no config.yaml; point it at a "
+                                    "copy of streammoe's conf/ folder or unset it")
+        return path
+    here = Path(__file__).resolve().parent  # streammoe/
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"streammoe's configs are missing (looked in {here / 'conf'} and "
+                            f"{here.parent / 'conf'}); reinstall streammoe or set STREAMMOE_CONF")

@@ -101,6 +101,11 @@ AT_ENTRY = [
     ("driftmoe_smoke", "driftmoe.window=0", "driftmoe.window"),
     ("driftmoe_smoke", "driftmoe.baselines=[arf,nope]", "driftmoe.baselines[1]"),
     ("driftmoe_smoke", "+driftmoe.model.params.n_expert=3", "driftmoe.model.params.n_expert"),
+    ("driftmoe_smoke", "+driftmoe.model.params.max_features=all", "driftmoe.model.params.max_features"),
+    ("driftmoe_smoke", "+driftmoe.model.params.drift_detector=adwn",
+     "driftmoe.model.params.drift_detector"),
+    ("driftmoe_smoke", "driftmoe.model.params.mode=task", "driftmoe.model.params.n_experts"),  # data-only
+    ("driftmoe_smoke", "driftmoe.model.params.mode=expert", "driftmoe.model.params.mode"),
     ("macrohft_smoke", "macrohft.regimes.chunk_length=0", "macrohft.regimes.chunk_length"),
     ("macrohft_smoke", "macrohft.subagent.batch_size=0", "macrohft.subagent.batch_size"),
     ("macrohft_smoke", "macrohft.alphas=[]", "macrohft.alphas"),

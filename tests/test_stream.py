@@ -6,6 +6,7 @@ import itertools
 import json
 import runpy
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,14 @@ from river import tree
 from streammoe.cli import run_experiment
 from streammoe.stream import DriftMoEClassifier
 from streammoe.stream.evaluation import kappa_stats, prequential
-from streammoe.stream.streams import STREAMS, SigmoidDrift, _concepts, iter_file, make_stream
+from streammoe.stream.streams import (
+    STREAMS,
+    DriftStream,
+    SigmoidDrift,
+    _concepts,
+    iter_file,
+    make_stream,
+)
 from tests.conftest import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,8 +34,10 @@ def test_every_paper_stream_builds_with_scaled_drifts(name: str) -> None:
     assert s.n_instances == 2000
     data = list(s)
     assert len(data) == 2000
-    n_features = {"led": 24, "sea": 3, "rbf": 10}[STREAMS[name].family]
+    spec = STREAMS[name]
+    n_features = {"led": 24, "sea": 3}.get(spec.family, spec.n_features)
     assert all(len(x) == n_features for x, _ in data[:50])
+    assert len({y for _, y in data}) == {"led": 10, "hyperplane": 2}.get(spec.family, spec.n_classes)
     if name.endswith("a"):
         assert s.drifts == [500, 1000, 1500] and s.drift_width == 50
     elif name.endswith("g"):
@@ -43,6 +53,69 @@ def test_full_length_positions_match_the_paper() -> None:
     assert make_stream("SEAg").drifts == [225_000, 475_000, 725_000]
     assert make_stream("SEAg").drift_width == 50_000
     assert make_stream("RBFf").n_instances == 1_000_000
+
+
+def test_wide_streams_have_their_widths_and_no_drift_centres() -> None:
+    for name, n_features in (("HYP10", 10), ("HYP50", 50), ("RBF50", 50)):
+        s = make_stream(name, scale=0.5, seed=2)
+        assert s.n_instances == 500_000 and s.drifts == [] and STREAMS[name].drift == "continuous"
+        assert STREAMS[name].n_features == n_features
+    assert STREAMS["HYP10"].n_drift_features == 10 and STREAMS["HYP50"].n_drift_features == 10
+    assert STREAMS["RBF50"].n_classes == 5
+
+
+def _class_separation(rows: list, n: int) -> list[float]:
+    """mean(x_i | y=1) - mean(x_i | y=0) per feature: the hyperplane's weights show through it."""
+    sums, counts = {0: [0.0] * n, 1: [0.0] * n}, Counter(y for _, y in rows)
+    for x, y in rows:
+        for i in range(n):
+            sums[y][i] += x[i]
+    return [sums[1][i] / counts[1] - sums[0][i] / counts[0] for i in range(n)]
+
+
+@pytest.mark.parametrize(("name", "scale"), [("HYP10", 0.02), ("HYP50", 0.04)])
+def test_hyperplane_streams_rotate_their_moving_weights(name: str, scale: float) -> None:
+    # Features are uniform whatever the concept; the drift is in the labels. A moving weight
+    # changes how much its feature separates the classes between the first and last quarter of
+    # the stream; the same generator with mag_change 0 (and HYP50's 40 fixed weights) only shows
+    # sampling noise.
+    spec = STREAMS[name]
+    n, k = spec.n_features, spec.n_drift_features
+
+    def change(stream: DriftStream) -> list[float]:
+        data = list(stream)
+        q = len(data) // 4
+        return [abs(a - b) for a, b in zip(_class_separation(data[:q], n), _class_separation(data[-q:], n))]
+
+    drifting = make_stream(name, scale=scale, seed=1)
+    still = DriftStream(name, drifting.n_instances, [], 1, 1, replace(spec, change_speed=0.0))
+    moved, noise = change(drifting), change(still)
+    assert max(moved[:k]) > 2 * max(noise) and max(moved[:k]) > 0.06
+    if k < n:
+        assert max(moved[:k]) > 2 * max(moved[k:])
+
+
+def test_rbf50_centroids_move_away_from_a_frozen_tree() -> None:
+    # A tree fitted to the first quarter of RBF50 and then frozen predicts the second quarter
+    # well and the last one badly; without centroid speed it predicts both alike.
+    def early_late(stream: DriftStream) -> tuple[float, float]:
+        data = list(stream)
+        q = len(data) // 4
+        model = tree.HoeffdingTreeClassifier()
+        for x, y in data[:q]:
+            model.learn_one(x, y)
+
+        def acc(rows: list) -> float:
+            return sum(model.predict_one(x) == y for x, y in rows) / len(rows)
+
+        return acc(data[q:2 * q]), acc(data[3 * q:])
+
+    drifting = make_stream("RBF50", scale=0.002, seed=1)  # 2000 instances
+    early, late = early_late(drifting)
+    assert early > 0.5 and early - late > 0.3
+    spec = replace(STREAMS["RBF50"], change_speed=0.0)
+    early0, late0 = early_late(DriftStream("RBF50", 2000, [], 1, 1, spec))
+    assert abs(early0 - late0) < 0.1
 
 
 def test_led_concepts_drift_the_attributes_moa_drifts() -> None:
@@ -111,7 +184,7 @@ def test_prequential_counts_every_instance_and_kappas() -> None:
     stream = make_stream("SEAa", scale=0.001, seed=2)  # 1000 instances
     labels = [y for _, y in stream]
     res = prequential({"ht": tree.HoeffdingTreeClassifier(),
-                       "moe": DriftMoEClassifier(n_experts=3, top_k=1, hidden_sizes=(8,),
+                       "moe": DriftMoEClassifier("data", n_experts=3, top_k=1, hidden_sizes=(8,),
                                                  batch_size=32, seed=0)},
                       stream, window=300, memory_checkpoints=2)
     ht = res["ht"]
@@ -165,3 +238,21 @@ def test_bench_script_writes_json_with_speed_ratios(tmp_path: Path, capsys) -> N
     arf = [r for r in data["rows"] if r["learner"] == "arf"]
     assert all(r["speed_vs_arf"] == pytest.approx(1.0) for r in arf)
     assert set(data["vs_arf"]["driftmoe"]) == {"SEAa", "RBFm"}
+
+
+def test_bench_script_runs_variants_and_skips_finished_jobs(tmp_path: Path) -> None:
+    bench = runpy.run_path(str(ROOT / "scripts" / "bench_driftmoe.py"), run_name="bench")
+    out = tmp_path / "bench.json"
+    argv = ["--streams", "HYP10", "--seeds", "1", "--n-instances", "120", "--learners", "ht",
+            "--variant", 'task_sqrt=driftmoe_task:{"max_features": "sqrt", "hidden_sizes": [8]}',
+            "--n-jobs", "1", "--out", str(out)]
+    assert bench["main"](argv) == 0
+    job = tmp_path / "bench.jobs" / "HYP10_seed1.json"
+    first = json.loads(job.read_text())
+    assert list(first["learners"]) == ["ht", "task_sqrt"]
+    assert first["learners"]["task_sqrt"]["speed_vs_ht"] > 0
+    job.write_text(json.dumps({**first, "marker": "kept"}))  # a rerun must reuse, not redo
+    assert bench["main"](argv) == 0
+    assert json.loads(job.read_text())["marker"] == "kept"
+    with pytest.raises(SystemExit, match="NAME=KIND:JSON"):
+        bench["parse_variant"]("no-kind")

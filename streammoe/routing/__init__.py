@@ -27,6 +27,7 @@ from streammoe.routing.losses import (
     switch_balance_loss,
 )
 from streammoe.routing.mixtures import SparseMoE, dense_mixture, sparse_dispatch
+from streammoe.routing.online import OnlineRouter
 from streammoe.routing.routers import MLPRouter, NoisyTopKRouter, RouterOutput, SeededModule
 from streammoe.routing.stats import RoutingStats
 
@@ -34,6 +35,7 @@ __all__ = [
     "GATES",
     "MLPRouter",
     "NoisyTopKRouter",
+    "OnlineRouter",
     "RouterOutput",
     "RoutingStats",
     "SeededModule",

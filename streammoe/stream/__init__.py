@@ -2,14 +2,17 @@
 
 >>> from streammoe.stream import STREAMS, DriftMoEClassifier, make_stream, prequential
 >>> sorted(STREAMS)
-['LEDa', 'LEDg', 'RBFf', 'RBFm', 'SEAa', 'SEAg']
+['HYP10', 'HYP50', 'LEDa', 'LEDg', 'RBF50', 'RBFf', 'RBFm', 'SEAa', 'SEAg']
 """
 
 from streammoe.lazy import lazy_exports
 
 # name -> defining module, imported on first use (keeps `import streammoe.cli` fast)
 _EXPORTS = {
+    "BaseDriftMoE": "streammoe.stream.driftmoe",
     "DriftMoEClassifier": "streammoe.stream.driftmoe",
+    "DriftMoEData": "streammoe.stream.driftmoe",
+    "DriftMoETask": "streammoe.stream.driftmoe",
     "warm_up_torch": "streammoe.stream.driftmoe",
     "PrequentialResult": "streammoe.stream.evaluation",
     "kappa_stats": "streammoe.stream.evaluation",

@@ -5,7 +5,7 @@
 stays a free-form dict: it is the keyword arguments of the learner ``driftmoe.model.kind`` names,
 and those differ per class (DriftMoE's ``n_experts``/``top_k``/``hidden_sizes``/..., ARF's
 ``n_models``...). :func:`check_learner_params` checks them before any work: for the DriftMoE kinds
-every key must be a :class:`DriftMoEClassifier` argument and the known ones must have the right type
+every key must be an argument of the mode's class (``DriftMoEData``/``DriftMoETask``, or ``mode``) and the known ones must have the right type
 and range; for River's learners ``n_models``, and River's constructor rejects the rest when the
 entry builds the learner (still before the stream starts). ``+driftmoe.model.params.<arg>=...``
 is the way to set an argument the YAML does not list.
@@ -45,8 +45,8 @@ __all__ = ["DriftMoEConfig", "DriftMoEExperiment", "LearnerConfig", "StreamConfi
            "check_learner_params", "driftmoe_device", "validated"]
 
 FILE_STREAM = "file"
-# DriftMoEClassifier arguments a kind fixes (mode, faithful) or the run sets (seed)
-_SET_BY_KIND = ("mode", "faithful", "seed")
+# DriftMoE arguments the run sets (the run's seed)
+_SET_BY_RUN = ("seed",)
 
 
 @dataclass
@@ -127,29 +127,35 @@ def _learner_names() -> list[str]:
 def check_learner_params(kind: str, params: dict[str, Any], at: str) -> None:
     """Keys and values of ``driftmoe.model.params`` for the learner ``kind`` (``at``: key prefix)."""
     if kind.startswith("driftmoe"):
-        from streammoe.stream.driftmoe import DriftMoEClassifier
+        from streammoe.stream.driftmoe import MODES
+        from streammoe.stream.learners import driftmoe_preset
 
-        known = [p for p in inspect.signature(DriftMoEClassifier).parameters if p not in _SET_BY_KIND]
+        mode = params.get("mode", driftmoe_preset(kind).get("mode"))
+        one_of(f"{at}mode", mode, list(MODES))
+        cls = MODES[mode]
+        known = ["mode", *(p for p in inspect.signature(cls).parameters if p not in _SET_BY_RUN)]
         for key in params:
             if key not in known:
-                raise ConfigError(f"{at}{key} is not an argument of DriftMoEClassifier ({kind}); "
-                                  f"known: {', '.join(known)}")
-        _check_driftmoe_params(params, at)
+                raise ConfigError(f"{at}{key} is not an argument of {cls.__name__} ({kind}, "
+                                  f"mode={mode}); known: {', '.join(known)}")
+        _check_driftmoe_params(cls, params, at)
     elif "n_models" in params:
         integer(f"{at}n_models", params["n_models"], 1)
 
 
-def _check_driftmoe_params(p: dict[str, Any], at: str) -> None:
-    from streammoe.stream.driftmoe import DriftMoEClassifier
+def _check_driftmoe_params(cls: type, p: dict[str, Any], at: str) -> None:
+    from streammoe.stream.driftmoe import DRIFT_DETECTORS
 
-    defaults = {k: v.default for k, v in inspect.signature(DriftMoEClassifier).parameters.items()}
+    defaults = {k: v.default for k, v in inspect.signature(cls).parameters.items()}
     if "n_experts" in p:
         integer(f"{at}n_experts", p["n_experts"], 1)
     if "top_k" in p:
         integer(f"{at}top_k", p["top_k"], 1)
-    n_experts, top_k = p.get("n_experts", defaults["n_experts"]), p.get("top_k", defaults["top_k"])
-    if top_k > n_experts:
-        raise ConfigError(f"{at}top_k must be <= {at}n_experts ({n_experts}), got {top_k}")
+    if "top_k" in defaults:
+        n_experts = p.get("n_experts", defaults["n_experts"])
+        top_k = p.get("top_k", defaults["top_k"])
+        if top_k > n_experts:
+            raise ConfigError(f"{at}top_k must be <= {at}n_experts ({n_experts}), got {top_k}")
     if "hidden_sizes" in p:
         sizes = p["hidden_sizes"]
         if not isinstance(sizes, (list, tuple)):
@@ -159,7 +165,7 @@ def _check_driftmoe_params(p: dict[str, Any], at: str) -> None:
             integer(f"{at}hidden_sizes[{i}]", width, 1)
     if "batch_size" in p:
         integer(f"{at}batch_size", p["batch_size"], 1, optional=True)
-    if "dropout" in p:
+    if p.get("dropout") is not None:
         number(f"{at}dropout", p["dropout"])
         in_range(f"{at}dropout", p["dropout"], 0.0, 1.0, high_open=True)
     for key in ("lr", "tau"):
@@ -171,15 +177,22 @@ def _check_driftmoe_params(p: dict[str, Any], at: str) -> None:
     if p.get("delta") is not None:
         number(f"{at}delta", p["delta"])
         in_range(f"{at}delta", p["delta"], 0.0, 1.0, low_open=True, high_open=True)
-    if "leaf_prediction" in p:
+    if p.get("leaf_prediction") is not None:
         one_of(f"{at}leaf_prediction", p["leaf_prediction"], ("mc", "nb", "nba"))
+    mf = p.get("max_features")
+    if mf is not None and not (mf in ("sqrt", "log2") or (isinstance(mf, int) and mf >= 1)
+                               or (isinstance(mf, float) and 0.0 < mf <= 1.0)):
+        raise ConfigError(f"{at}max_features must be null (every feature), sqrt, log2, an int "
+                          f">= 1 or a share in (0, 1], got {mf!r}")
     if p.get("memory_budget_mb") is not None:
         number(f"{at}memory_budget_mb", p["memory_budget_mb"])
         greater_than(f"{at}memory_budget_mb", p["memory_budget_mb"], 0.0)
     if "memory_estimate_period" in p:
         integer(f"{at}memory_estimate_period", p["memory_estimate_period"], 1, optional=True)
-    if "drift_reset" in p and not isinstance(p["drift_reset"], bool):
-        raise ConfigError(f"{at}drift_reset must be true or false, got {p['drift_reset']!r}")
+    if p.get("drift_detector") is not None:
+        one_of(f"{at}drift_detector", p["drift_detector"], sorted(DRIFT_DETECTORS))
+    if "faithful" in p and not isinstance(p["faithful"], bool):
+        raise ConfigError(f"{at}faithful must be true or false, got {p['faithful']!r}")
 
 
 def validated(cfg: DictConfig) -> DriftMoEExperiment:

@@ -9,11 +9,19 @@ draws from it, which before the outer drift is every instance.
 ``scale`` shortens a stream proportionally: ``scale=0.1`` gives 100,000 instances with drift
 centres (and gradual widths) multiplied by 0.1; abrupt drifts keep their width of 50.
 
+Besides the paper's six, three wide streams (10-50 features) drift continuously, with no drift
+centres (``drifts == []`` as RBFm/RBFf), to benchmark DriftMoE where the router's input is wide:
+HYP10 / HYP50 (``synth.Hyperplane``: a rotating hyperplane, all 10 / 10 of 50 weights moving) and
+RBF50 (``synth.RandomRBFDrift``, 50 features, 5 classes). Their parameters and why: ``STREAMS``.
+
 >>> s = make_stream("SEAa", scale=0.001, seed=1)
 >>> s.n_instances, s.drifts
 (1000, [250, 500, 750])
 >>> sum(1 for _ in s)
 1000
+>>> w = make_stream("HYP50", scale=0.1, seed=1)
+>>> w.n_instances, w.drifts, len(next(iter(w))[0])
+(100000, [], 50)
 """
 
 from __future__ import annotations
@@ -38,10 +46,13 @@ GRADUAL = ([225_000, 475_000, 725_000], 50_000)  # the paper's "g" streams
 
 @dataclass(frozen=True)
 class StreamSpec:
-    family: str  # led | sea | rbf
+    family: str  # led | sea | rbf | hyperplane
     drift: str  # abrupt | gradual | continuous
-    change_speed: float = 0.0
+    change_speed: float = 0.0  # rbf: centroid speed; hyperplane: weight change per instance
     description: str = ""
+    n_features: int = 10  # rbf / hyperplane (LED has 24, SEA 3: fixed by their generators)
+    n_classes: int = 2  # rbf (hyperplane is binary)
+    n_drift_features: int = 0  # hyperplane: the first n_drift_features weights move
 
 
 STREAMS: dict[str, StreamSpec] = {
@@ -51,6 +62,21 @@ STREAMS: dict[str, StreamSpec] = {
     "SEAg": StreamSpec("sea", "gradual", description="SEA as SEAa, gradual drifts (width 50k)"),
     "RBFm": StreamSpec("rbf", "continuous", 1e-4, "RandomRBFDrift 50 centroids all moving, speed 1e-4"),
     "RBFf": StreamSpec("rbf", "continuous", 1e-3, "RandomRBFDrift 50 centroids all moving, speed 1e-3"),
+    # Wide streams (not in the paper). Hyperplane: MOA's classic moving-hyperplane setting
+    # (mag_change 1e-3, reversal sigma 0.1, noise 0.05, which River applies as 4 % flipped labels):
+    # each moving weight random-walks by ~0.45 per 20k instances (weights start in [0, 1]): a
+    # slow, continuous rotation. HYP50 moves 10 of its 50 weights: most features keep their role
+    # and the drift hides among stable ones.
+    "HYP10": StreamSpec("hyperplane", "continuous", 1e-3, "Hyperplane 10 features, all 10 weights "
+                        "moving by 1e-3 (sigma 0.1), 5% noise", n_features=10, n_drift_features=10),
+    "HYP50": StreamSpec("hyperplane", "continuous", 1e-3, "Hyperplane 50 features, 10 weights "
+                        "moving by 1e-3 (sigma 0.1), 5% noise", n_features=50, n_drift_features=10),
+    # RBF50: RBFf widened to 50 features, with 5 classes and speed 3e-3. In 50 dimensions the
+    # clusters barely overlap (a sample's offset from its centroid spreads over 50 coordinates),
+    # so RBFf's 2 classes at 1e-3 become easy (ARF ~98 % on 20k instances); 5 classes and a
+    # 3x faster move keep ARF near 90 % and give DriftMoE's task mode 5 experts.
+    "RBF50": StreamSpec("rbf", "continuous", 3e-3, "RandomRBFDrift 50 features, 5 classes, 50 "
+                        "centroids all moving, speed 3e-3", n_features=50, n_classes=5),
 }
 
 
@@ -80,9 +106,13 @@ def _concepts(spec: StreamSpec, seed: int) -> list[Any]:
                                n_drift_features=n) for s, n in zip(seeds, (1, 3, 5, 7))]
     if spec.family == "sea":
         return [synth.SEA(variant=v, noise=0.1, seed=seed + i) for i, v in enumerate((0, 1, 3, 0))]
-    return [synth.RandomRBFDrift(seed_model=seed, seed_sample=seed + 1, n_classes=2, n_features=10,
-                                 n_centroids=50, change_speed=spec.change_speed,
-                                 n_drift_centroids=50)]
+    if spec.family == "hyperplane":
+        return [synth.Hyperplane(seed=seed, n_features=spec.n_features,
+                                 n_drift_features=spec.n_drift_features,
+                                 mag_change=spec.change_speed, sigma=0.1, noise_percentage=0.05)]
+    return [synth.RandomRBFDrift(seed_model=seed, seed_sample=seed + 1, n_classes=spec.n_classes,
+                                 n_features=spec.n_features, n_centroids=50,
+                                 change_speed=spec.change_speed, n_drift_centroids=50)]
 
 
 @dataclass
@@ -136,7 +166,8 @@ class DriftStream:
 
 def make_stream(name: str, scale: float = 1.0, seed: int = 1, n_instances: int | None = None
                 ) -> DriftStream:
-    """One of the paper's synthetic streams (``STREAMS``), shortened by ``scale``.
+    """One of the synthetic streams (``STREAMS``: the paper's six, three wide ones), shortened by
+    ``scale``.
 
     ``n_instances`` overrides the length without moving the drifts (e.g. a quick look at the
     start of a stream).
