@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 ALL_STREAMS = "LEDa,LEDg,SEAa,SEAg,RBFm,RBFf"
-HT_PARAMS = dict(grace_period=50, delta=1e-7, tau=0.05, leaf_prediction="nba", nb_threshold=0)
 
 
 def make(source: str, name: str, scale: float, seed: int):
@@ -42,7 +41,7 @@ def make(source: str, name: str, scale: float, seed: int):
 
 
 def measure(source: str, name: str, scale: float, seed: int) -> dict[str, Any]:
-    from river.tree import HoeffdingTreeClassifier
+    from streammoe.stream.learners import make_learner
 
     stream = make(source, name, scale, seed)
     t0 = time.perf_counter()
@@ -52,7 +51,7 @@ def measure(source: str, name: str, scale: float, seed: int) -> dict[str, Any]:
     bounds = [0, *stream.drifts, stream.n_instances]  # concepts split at the drift centres
     seg_right = [0] * (len(bounds) - 1)
     counts: collections.Counter[int] = collections.Counter()
-    ht = HoeffdingTreeClassifier(**HT_PARAMS)
+    ht = make_learner("ht")  # a DriftMoE expert's settings (learners.TREE_PARAMS)
     ht_right = maj_right = nochange_right = 0
     last = None
     seg = 0
@@ -97,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("CAPYMOA_JVM_ARGS", "-Xmx2g -Xss10M -XX:ActiveProcessorCount=1")
 
     from streammoe.runs import format_table, to_jsonable
+    from streammoe.stream.learners import TREE_PARAMS
 
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = []
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(to_jsonable({
         "config": {"scale": args.scale, "seeds": seeds, "streams": args.streams.split(","),
-                   "ht_params": HT_PARAMS, "python": sys.version.split()[0],
+                   "ht_params": TREE_PARAMS, "python": sys.version.split()[0],
                    "versions": _versions()},
         "summary": summary, "rows": rows}), indent=1))
     print(f"wrote {out}")

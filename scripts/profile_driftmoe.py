@@ -104,7 +104,6 @@ def router_step_timing(repeats: int = 3, rows: int = 4000) -> list[dict[str, Any
     """The router's cost per row with fused vs plain Adam, side by side (interleaved repeats), at
     task mode's (4 rows per step, 2 outputs) and data mode's (256 rows, 12 outputs) settings."""
     import numpy as np
-    import torch
 
     from streammoe.routing import OnlineRouter
 
@@ -113,9 +112,8 @@ def router_step_timing(repeats: int = 3, rows: int = 4000) -> list[dict[str, Any
         seconds = {"fused": 0.0, "plain": 0.0}
         for _ in range(repeats):
             for kind in seconds:
-                r = OnlineRouter(50, n_out, hidden=(256, 128), lr=2e-3, batch_rows=batch, seed=0)
-                if kind == "plain":  # the same router with torch's default (for-loop) Adam
-                    r._adam = torch.optim.Adam(r._net.parameters(), lr=2e-3)
+                r = OnlineRouter(50, n_out, hidden=(256, 128), lr=2e-3, batch_rows=batch,
+                                 fused_adam=kind == "fused", seed=0)
                 x, t = np.random.default_rng(0).normal(size=50), np.eye(n_out)[0]
                 for _ in range(2 * batch):  # warm up
                     r.push(x, t)

@@ -144,7 +144,7 @@ def check_learner_params(kind: str, params: dict[str, Any], at: str) -> None:
 
 
 def _check_driftmoe_params(cls: type, p: dict[str, Any], at: str) -> None:
-    from streammoe.stream.driftmoe import DRIFT_DETECTORS
+    from streammoe.stream.driftmoe.base import DRIFT_DETECTORS, check_max_features
 
     defaults = {k: v.default for k, v in inspect.signature(cls).parameters.items()}
     if "n_experts" in p:
@@ -179,11 +179,10 @@ def _check_driftmoe_params(cls: type, p: dict[str, Any], at: str) -> None:
         in_range(f"{at}delta", p["delta"], 0.0, 1.0, low_open=True, high_open=True)
     if p.get("leaf_prediction") is not None:
         one_of(f"{at}leaf_prediction", p["leaf_prediction"], ("mc", "nb", "nba"))
-    mf = p.get("max_features")
-    if mf is not None and not (mf in ("sqrt", "log2") or (isinstance(mf, int) and mf >= 1)
-                               or (isinstance(mf, float) and 0.0 < mf <= 1.0)):
-        raise ConfigError(f"{at}max_features must be null (every feature), sqrt, log2, an int "
-                          f">= 1 or a share in (0, 1], got {mf!r}")
+    try:
+        check_max_features(p.get("max_features"))
+    except ValueError as err:
+        raise ConfigError(f"{at}{err}") from None
     if p.get("memory_budget_mb") is not None:
         number(f"{at}memory_budget_mb", p["memory_budget_mb"])
         greater_than(f"{at}memory_budget_mb", p["memory_budget_mb"], 0.0)

@@ -38,7 +38,8 @@ from river.forest.adaptive_random_forest import BaseTreeClassifier  # ARF's rand
 
 from streammoe.routing import OnlineRouter
 
-__all__ = ["DRIFT_DETECTORS", "MAX_ABS_FEATURE", "BaseDriftMoE", "make_drift_detector"]
+__all__ = ["DRIFT_DETECTORS", "MAX_ABS_FEATURE", "BaseDriftMoE", "check_max_features",
+           "make_drift_detector"]
 
 MAX_ABS_FEATURE = 1e15
 _NUMERIC_KINDS = frozenset("biuf")
@@ -63,6 +64,15 @@ def make_drift_detector(spec: Any) -> base.DriftDetector | None:
         return DRIFT_DETECTORS[spec]()
     raise ValueError(f"drift_detector must be a river drift detector or one of "
                      f"{sorted(DRIFT_DETECTORS)}, got {spec!r}")
+
+
+def check_max_features(mf: Any) -> None:
+    """``ValueError`` unless ``mf`` is a valid ``max_features``: ``None`` (every feature),
+    ``"sqrt"``, ``"log2"``, an int >= 1 or a share in (0, 1]."""
+    if not (mf is None or mf in ("sqrt", "log2") or (isinstance(mf, int) and mf >= 1)
+            or (isinstance(mf, float) and 0.0 < mf <= 1.0)):
+        raise ValueError(f"max_features must be None (every feature), 'sqrt', 'log2', an int "
+                         f">= 1 or a share in (0, 1], got {mf!r}")
 
 
 def _feature_sort_key(name: Hashable) -> tuple[str, str]:
@@ -157,11 +167,8 @@ class BaseDriftMoE(base.Classifier):
             raise ValueError(f"memory_budget_mb must be > 0, got {self.memory_budget_mb}")
         if self.memory_estimate_period is not None and self.memory_estimate_period < 1:
             raise ValueError(f"memory_estimate_period must be >= 1, got {self.memory_estimate_period}")
+        check_max_features(self.max_features)
         mf = self.max_features
-        if not (mf is None or mf in ("sqrt", "log2") or (isinstance(mf, int) and mf >= 1)
-                or (isinstance(mf, float) and 0.0 < mf <= 1.0)):
-            raise ValueError(f"max_features must be None (every feature), 'sqrt', 'log2', an int "
-                             f">= 1 or a share in (0, 1], got {mf!r}")
         if self.faithful and (mf is not None or not isinstance(
                 self.drift_detector, (type(None), drift.NoDrift))):
             raise ValueError("faithful=True is the paper's algorithm: every expert sees every "
@@ -287,13 +294,10 @@ class BaseDriftMoE(base.Classifier):
             arr = np.array(list(x.values())) if x else np.zeros(0)
         except (ValueError, TypeError):  # ragged values (lists): the slow path names the feature
             arr = np.zeros(0, dtype=object)
-        if arr.dtype.kind in _NUMERIC_KINDS and arr.ndim == 1:
-            if arr.dtype.kind != "f" or (np.isfinite(arr).all()
-                                         and not (np.abs(arr) > MAX_ABS_FEATURE).any()):
-                if arr.dtype.kind in "iu" and arr.size and np.abs(arr).max() > MAX_ABS_FEATURE:
-                    pass  # an integer out of range: the slow path names it
-                else:
-                    return x
+        # All numbers within range (NaN compares False): x as given; else the slow path names
+        # the bad feature.
+        if arr.dtype.kind in _NUMERIC_KINDS and arr.ndim == 1 and (np.abs(arr) <= MAX_ABS_FEATURE).all():
+            return x
         clean = {}
         for k, v in x.items():
             if v is None:

@@ -148,19 +148,18 @@ class DriftMoEData(BaseDriftMoE):
             mask[int(np.argmax(p_true))] = 1.0
         top = OnlineRouter.top_k(logits, self.top_k)
         if not self.faithful:
-            self._track_drift(y, logits, top, probas, correct)
+            self._track_drift(x, y, logits, correct)
         self._push(v, mask)
         for i in top:
             self._experts[int(i)].learn_one(x, y)
 
-    def _track_drift(self, y: Any, logits: np.ndarray, top: np.ndarray, probas: list[dict],
-                     correct: np.ndarray) -> None:
+    def _track_drift(self, x: dict, y: Any, logits: np.ndarray, correct: np.ndarray) -> None:
         """The detector on the ensemble's 0/1 error; on a rise, restart the worst recent expert."""
         self._expert_acc += 0.01 * (correct - self._expert_acc)
         if not self._detects:
             return
-        vote = self._mixture([probas[int(i)] for i in top], sigmoid(logits[top]))
-        error = float(max(vote, key=vote.get) != y) if vote else 1.0
+        vote = self._combine(x, logits)  # the prediction (expert probabilities are cached)
+        error = float(max(vote, key=vote.get) != y)
         if self._error_rose(error):
             worst = int(np.argmin(self._expert_acc))
             self._experts[worst] = self._new_tree()
