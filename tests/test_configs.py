@@ -218,7 +218,7 @@ def test_cpu_only_systems_refuse_cuda_even_with_a_gpu(experiment, tmp_path, monk
 # ------------------------------------------------------------------------------ smokes
 SIZE_KEYS = {  # what a smoke config may change: sizes and budgets (and its name, its data cache)
     "experiment_name", "scale", "baselines", "window", "memory_checkpoints", "n_experts", "top_k",
-    "hidden_sizes", "batch_size", "alphas", "context_window", "market_window", "chunk_length",
+    "hidden_sizes", "batch_size", "alphas", "shrinkage", "margins", "context_window", "market_window", "chunk_length",
     "hidden", "epochs", "eps_decay_epochs", "memory_capacity", "steps_per_round",
     "updates_per_round", "timesteps", "n_envs", "episode_steps", "eval_episodes", "checkpoint_every",
     "video_episodes", "n_steps", "n_epochs", "net_arch", "n_train_tasks", "n_test_tasks", "horizon",

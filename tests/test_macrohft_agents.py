@@ -17,10 +17,12 @@ from streammoe.control.macrohft.model import MacroHFT, load_checkpoint, save_che
 from streammoe.control.macrohft.networks import FiLM, HyperAgent, SubAgentQNet, dueling_combine
 from streammoe.control.macrohft.train import (
     DQNConfig,
+    EpochSelection,
     HyperConfig,
     greedy_rollout,
     q_table,
     table_policy,
+    table_rollout,
     teacher_kl,
     train_hyperagent,
     train_subagent,
@@ -125,19 +127,31 @@ def test_vectorised_query_matches_python_loop() -> None:
     actions = torch.arange(20) % 3
     fast, found = mem.query(q_keys, actions)
     slow, found_slow = mem.query_loop(q_keys, actions)
-    assert found.all() and found_slow.all()
+    assert torch.equal(found, found_slow) and 10 < found.sum() < 20  # some find no same action
     torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
 
 
 def test_memory_uses_only_same_action_entries_and_inverse_square_weights() -> None:
-    mem = EpisodicMemory(8, key_dim=1, obs_dim=1, k=2)
-    keys = torch.tensor([[0.0], [1.0], [2.0], [0.1]])
-    mem.add(keys, keys, torch.tensor([0, 0, 0, 1]), torch.tensor([1.0, 2.0, 4.0, 100.0]))
+    mem = EpisodicMemory(8, key_dim=1, obs_dim=1, k=3)
+    keys = torch.tensor([[0.0], [1.0], [2.0], [5.0]])
+    mem.add(keys, keys, torch.tensor([0, 0, 1, 0]), torch.tensor([1.0, 2.0, 100.0, 4.0]))
     value, found = mem.query(torch.tensor([[0.5]]), torch.tensor([0]))
     w = 1 / (0.25 + 1e-3)  # entries at 0 and 1 are both 0.5 away; the action-1 entry is ignored
     assert found.item() and value.item() == pytest.approx((w * 1 + w * 2) / (2 * w))
     value, found = mem.query(torch.tensor([[0.5]]), torch.tensor([2]))  # no entry took action 2
     assert not found.item()
+
+
+def test_memory_takes_the_k_nearest_before_masking_the_action() -> None:
+    """The reference's order: an action-0 query whose 2 nearest entries took action 1 finds
+    nothing, although an action-0 entry exists further away (masking first would find it)."""
+    mem = EpisodicMemory(8, key_dim=1, obs_dim=1, k=2)
+    keys = torch.tensor([[0.0], [0.1], [3.0]])
+    mem.add(keys, keys, torch.tensor([1, 1, 0]), torch.tensor([1.0, 1.0, 7.0]))
+    value, found = mem.query(torch.tensor([[0.0]]), torch.tensor([0]))
+    assert not found.item() and value.item() == 0.0
+    value, found = mem.query(torch.tensor([[2.0]]), torch.tensor([0]))  # nearest: 3.0 (action 0)
+    assert found.item() and value.item() == pytest.approx(7.0)
 
 
 def test_memory_reencode_and_state_round_trip() -> None:
@@ -229,3 +243,97 @@ def test_corrupt_checkpoint_raises(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "other.pt")
     with pytest.raises(FileNotFoundError):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+# -- vectorised evaluation, action margin, epoch selection ---------------------------------------
+def test_table_rollout_equals_stepping_the_env(small_env: TradingEnv) -> None:
+    table = np.random.default_rng(0).normal(size=(len(small_env.prices), 2, 2)).astype(np.float32)
+    stepped = greedy_rollout(small_env, table_policy(table[100:], offset=100), 100, 200)
+    fast = table_rollout(small_env, table[100:], start=100, length=200)
+    np.testing.assert_array_equal(fast.actions, stepped.actions)
+    np.testing.assert_allclose(fast.values, stepped.values, rtol=1e-12)
+    np.testing.assert_allclose(fast.rewards, stepped.rewards, rtol=1e-6)
+    np.testing.assert_array_equal(fast.positions, stepped.positions)
+    np.testing.assert_array_equal(fast.bars, stepped.bars)
+
+
+def test_action_margin_holds_unless_the_gain_beats_the_trade_cost(small_env: TradingEnv) -> None:
+    cost = small_env.switch_costs[0, 0, 1]  # flat -> long at bar 0, in reward units
+    assert cost > 0 and small_env.switch_costs[0, 0, 0] == 0
+    table = np.zeros((len(small_env.prices), 2, 2), np.float32)
+    table[:, 0, 1] = 1.5 * cost  # from flat, going long looks 1.5 commissions better
+    table[:, 1, 1] = 1.0  # once long, stay long
+    assert table_rollout(small_env, table, margin=1.0).actions.tolist()[:3] == [1, 1, 1]
+    held = table_rollout(small_env, table, margin=2.0)
+    assert held.actions.max() == 0 and held.values[-1] == held.values[0]  # never trades
+    noisy = np.random.default_rng(1).normal(size=table.shape).astype(np.float32) * cost
+    trades = [table_rollout(small_env, noisy, m).positions for m in (0.0, 1.0, 4.0)]
+    n = [int(np.count_nonzero(np.diff(np.concatenate([[0.0], p])))) for p in trades]
+    assert n[0] > n[1] > n[2]
+    with pytest.raises(ValueError, match="margin"):
+        table_rollout(small_env, table, margin=-1.0)
+
+
+def test_epoch_selection_returns_a_copy_of_the_best_epoch(small_env: TradingEnv) -> None:
+    starts = np.arange(0, 600, 40)
+    cfg = DQNConfig(**{**TINY, "epochs": 3})
+    obs = torch.from_numpy(small_env.all_observations().reshape(-1, small_env.layout.dim))
+    snapshots: list[torch.Tensor] = []
+
+    def score(net: torch.nn.Module) -> float:  # records each epoch's output; epoch 2 scores best
+        with torch.no_grad():
+            snapshots.append(net(obs).clone())
+        return [0.0, 5.0, 1.0][len(snapshots) - 1]
+
+    sel = EpochSelection(score)
+    net = train_subagent(small_env, starts, 40, cfg, 1.0, seed=3, selection=sel)
+    assert sel.scores == [0.0, 5.0, 1.0] and sel.best_epoch == 2
+    with torch.no_grad():
+        torch.testing.assert_close(net(obs), snapshots[1])
+        assert not torch.allclose(net(obs), snapshots[2])  # not the live (last) weights
+    snapshots.clear()
+    last = train_subagent(small_env, starts, 40, cfg, 1.0, seed=3,
+                          selection=EpochSelection(score, keep_best=False))
+    with torch.no_grad():
+        torch.testing.assert_close(last(obs), snapshots[2])
+
+
+def test_hyperagent_reference_input_and_memory_key() -> None:
+    obs = _obs(16)
+    moved = obs.clone()
+    moved[:, 6:9] += 1.0  # context columns
+    plain = _randomise(HyperAgent(LAYOUT, 6, hidden=16))
+    torch.testing.assert_close(plain(obs), plain(moved))  # ours: no context input
+    ref = _randomise(HyperAgent(LAYOUT, 6, hidden=16, input_context=True, memory_key="encode"))
+    assert not torch.allclose(ref(obs), ref(moved))
+    market = obs.clone()
+    market[:, 9:11] += 1.0
+    torch.testing.assert_close(ref.key(obs), ref.key(market))  # the key is taken before FiLM
+    assert not torch.allclose(plain.key(obs), plain.key(market))
+    with pytest.raises(ValueError, match="memory_key"):
+        HyperAgent(LAYOUT, 6, memory_key="after")
+
+
+def test_teacher_commission_changes_the_teacher_not_the_reward() -> None:
+    df, _ = synthetic_market(400, seed=4)
+    fs = build_features(df, train=0.9, val=0.0, context_window=20, market_window=60).split("train")
+    env, ref = TradingEnv(fs, commission=2e-4), TradingEnv(fs, commission=2e-4, teacher_commission=1e-3)
+    np.testing.assert_array_equal(env.reward_table, ref.reward_table)
+    assert ref.teacher_commission == 1e-3 and not np.allclose(env.teacher_q, ref.teacher_q)
+    with pytest.raises(ValueError, match="teacher_commission"):
+        TradingEnv(fs, teacher_commission=-1.0)
+
+
+def test_shrunk_weights_and_checkpoint_keep_shrinkage_and_margin(small_env: TradingEnv,
+                                                                 tmp_path: Path) -> None:
+    subs = {f"s{i}": _randomise(SubAgentQNet(small_env.layout, 2, hidden=8)).eval() for i in range(3)}
+    hyper = _randomise(HyperAgent(small_env.layout, 3, hidden=8, input_context=True,
+                                  memory_key="encode")).eval()
+    model = MacroHFT(small_env.layout, 2, subs, hyper, shrinkage=0.5, margin=2.0)
+    obs = torch.from_numpy(small_env.all_observations().reshape(-1, small_env.layout.dim))
+    with torch.no_grad():
+        torch.testing.assert_close(model.weights(obs), 0.5 * hyper(obs) + 0.5 / 3)
+    loaded = load_checkpoint(save_checkpoint(model, tmp_path / "m.safetensors"))
+    assert (loaded.shrinkage, loaded.margin) == (0.5, 2.0)
+    assert loaded.mixer.input_context and loaded.mixer.memory_key == "encode"
+    torch.testing.assert_close(loaded.q_values(obs), model.q_values(obs))

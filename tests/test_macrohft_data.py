@@ -114,6 +114,38 @@ def test_splits_are_chronological() -> None:
         chronological_splits(5, 0.7, 0.15)
 
 
+def test_walk_forward_folds_tile_the_tail_with_fixed_window_lengths() -> None:
+    folds = [chronological_splits(1000, 0.5, 0.1, folds=4, fold=k) for k in range(4)]
+    assert folds[0] == {"train": (0, 500), "val": (500, 600), "test": (600, 700)}
+    for k, s in enumerate(folds):
+        assert s["train"][1] == s["val"][0] and s["val"][1] == s["test"][0]  # adjacent, in order
+        assert [b - a for a, b in s.values()] == [500, 100, 100]
+        assert s["train"][0] == 100 * k
+    assert [s["test"] for s in folds] == [(600, 700), (700, 800), (800, 900), (900, 1000)]
+    assert chronological_splits(1000, 0.6, 0.2, folds=1) == chronological_splits(1000, 0.6, 0.2)
+    for bad in ({"folds": 4, "fold": 4}, {"folds": 0, "fold": 0}, {"folds": 2, "fold": -1}):
+        with pytest.raises(ValueError, match="fold"):
+            chronological_splits(1000, 0.5, 0.1, **bad)
+    with pytest.raises(ValueError, match="too few"):
+        chronological_splits(20, 0.5, 0.1, folds=8, fold=0)
+
+
+def test_features_of_a_fold_are_scaled_on_that_folds_training_window() -> None:
+    df, _ = synthetic_market(900, seed=5)
+    f0 = build_features(df, 0.5, 0.1, 20, 60, folds=3, fold=0)
+    f2 = build_features(df, 0.5, 0.1, 20, 60, folds=3, fold=2)
+    (a0, b0), (a2, b2) = f0.splits["train"], f2.splits["train"]
+    assert a2 > a0 and b2 - a2 == b0 - a0 and f2.splits["test"][1] <= len(f2)
+    raw0, raw2 = f0.state * f0.scalers["state"].std + f0.scalers["state"].mean, \
+        f2.state * f2.scalers["state"].std + f2.scalers["state"].mean
+    np.testing.assert_allclose(f2.state[a2:b2].mean(0), 0, atol=0.05)
+    assert not np.allclose(f0.scalers["state"].mean, f2.scalers["state"].mean)
+    unclipped = (np.abs(f0.state) < 5) & (np.abs(f2.state) < 5)
+    np.testing.assert_allclose(raw0[unclipped], raw2[unclipped], rtol=1e-4, atol=1e-5)  # same bars
+    with pytest.raises(ValueError, match="fold"):
+        build_features(df.iloc[:200], 0.5, 0.1, 20, 60, folds=40, fold=0)
+
+
 def test_bars_per_year() -> None:
     assert bars_per_year("1d") == 252 and bars_per_year("1h") == 252 * 24
     assert bars_per_year("1h", hours_per_day=6.5) == pytest.approx(252 * 6.5)

@@ -22,6 +22,9 @@ def test_metrics_on_hand_computed_series() -> None:
     assert m["sortino"] == pytest.approx(mean / math.sqrt(0.01 / 3))
     assert m["calmar"] == pytest.approx((1.21 ** (1 / 3) - 1) / 0.1)
     assert m["n_trades"] == 1  # entered once from flat
+    assert m["turnover"] == pytest.approx(1 / 3)  # one unit traded over 3 bars of a 1-bar year
+    assert trading_metrics([100, 110, 99, 121], 252, positions=[1, 0, 1])["turnover"] == \
+        pytest.approx(3 * 252 / 3)
     assert m["sharpe"] == pytest.approx(0.45536944, rel=1e-6)
 
 
@@ -37,10 +40,11 @@ def test_annualisation_scales_with_bar_frequency() -> None:
 def test_flat_strategy_and_monotone_series() -> None:
     flat = trading_metrics(np.full(10, 50.0), 252, positions=np.zeros(9))
     assert flat == {"total_return": 0.0, "annual_volatility": 0.0, "max_drawdown": 0.0,
-                    "sharpe": 0.0, "calmar": 0.0, "sortino": 0.0, "n_trades": 0.0}
+                    "sharpe": 0.0, "calmar": 0.0, "sortino": 0.0, "n_trades": 0.0,
+                    "turnover": 0.0}
     up = trading_metrics([1.0, 2.0, 3.0], 1)
     assert up["max_drawdown"] == 0.0 and math.isinf(up["calmar"]) and math.isinf(up["sortino"])
-    assert math.isnan(up["n_trades"])  # no positions given
+    assert math.isnan(up["n_trades"]) and math.isnan(up["turnover"])  # no positions given
 
 
 def test_count_trades() -> None:

@@ -12,6 +12,7 @@ from streammoe.routing import (
     get_gate,
     hard_gate,
     hard_soft_gate,
+    shrink_to_uniform,
     sigmoid_gate,
     softmax_gate,
     softmax_per_dim_gate,
@@ -128,6 +129,21 @@ def test_shapes_dtypes_devices_are_preserved(name, dtype, device):
     logits = torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(0)).to(device, dtype)
     w = get_gate(name)(logits, **({"k": 2} if name == "top_k" else {}))
     assert w.shape == logits.shape and w.dtype == dtype and w.device.type == device
+
+
+def test_shrink_to_uniform_mixes_with_uniform_weights():
+    logits = torch.randn(4, 5, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    w = softmax_gate(logits)
+    for lam in (0.0, 0.3, 1.0):
+        s = shrink_to_uniform(w, lam)
+        torch.testing.assert_close(s.sum(-1), torch.ones(4))
+        torch.testing.assert_close(s, (1 - lam) * w + lam / 5)
+    (g_plain,) = torch.autograd.grad(w[:, 0].sum(), logits, retain_graph=True)
+    (g_shrunk,) = torch.autograd.grad(shrink_to_uniform(w, 0.25)[:, 0].sum(), logits)
+    torch.testing.assert_close(g_shrunk, 0.75 * g_plain)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="shrinkage"):
+            shrink_to_uniform(w, bad)
 
 
 def test_bad_input_is_named():

@@ -403,11 +403,27 @@ def bars_per_year(bar_frequency: str, trading_days: float = 252.0,
     return trading_days * pd.Timedelta(hours=hours_per_day) / delta
 
 
-def chronological_splits(n: int, train: float = 0.7, val: float = 0.15) -> dict[str, tuple[int, int]]:
-    """``[start, end)`` row ranges of train / val / test in time order (never shuffled)."""
+def chronological_splits(n: int, train: float = 0.7, val: float = 0.15, folds: int = 1,
+                         fold: int = 0) -> dict[str, tuple[int, int]]:
+    """``[start, end)`` row ranges of train / val / test in time order (never shuffled).
+
+    ``folds > 1``: walk-forward folds. The first ``train`` and ``val`` fractions of the rows are
+    fold 0's train and validation windows and the rest is cut into ``folds`` equal test windows;
+    fold ``k`` moves all three windows forward by ``k`` test windows (same lengths), so every
+    fold's test window follows its own validation window and the test windows tile the tail.
+
+    >>> chronological_splits(100, 0.5, 0.1, folds=4, fold=1)
+    {'train': (10, 60), 'val': (60, 70), 'test': (70, 80)}
+    """
     if not (0 < train < 1 and 0 <= val < 1 and train + val < 1):
         raise ValueError(f"need 0 < train, 0 <= val and train + val < 1; got {train}, {val}")
+    if not (isinstance(folds, int) and folds >= 1 and isinstance(fold, int) and 0 <= fold < folds):
+        raise ValueError(f"need folds >= 1 and 0 <= fold < folds; got folds={folds}, fold={fold}")
     a, b = int(round(n * train)), int(round(n * (train + val)))
-    if a < 2 or b - a < (2 if val > 0 else 0) or n - b < 2:
-        raise ValueError(f"{n} rows are too few for splits train={train}, val={val}")
-    return {"train": (0, a), "val": (a, b), "test": (b, n)}
+    step = (n - b) // folds
+    if a < 2 or b - a < (2 if val > 0 else 0) or step < 2:
+        raise ValueError(f"{n} rows are too few for splits train={train}, val={val}, folds={folds}")
+    if folds == 1:
+        return {"train": (0, a), "val": (a, b), "test": (b, n)}
+    k = fold * step
+    return {"train": (k, a + k), "val": (a + k, b + k), "test": (b + k, b + k + step)}

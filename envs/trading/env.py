@@ -39,7 +39,8 @@ class TradingEnv(gym.Env):
                  position_levels: Sequence[float] = (0.0, 1.0), max_holding: float = 1.0,
                  commission: float = 2e-4, gamma: float = 0.99, episode_length: int | None = None,
                  teacher: bool = True, normalise_reward: bool = True,
-                 n_synthetic_bars: int = 1500, synthetic_seed: int = 0) -> None:
+                 n_synthetic_bars: int = 1500, synthetic_seed: int = 0,
+                 teacher_commission: float | None = None) -> None:
         if features is None:
             df, _ = synthetic_market(n_synthetic_bars, seed=synthetic_seed)
             features = build_features(df, context_window=30, market_window=120)
@@ -50,6 +51,8 @@ class TradingEnv(gym.Env):
             raise ValueError(f"position_levels must contain 0 (episodes start flat), got {position_levels}")
         if commission < 0 or max_holding <= 0:
             raise ValueError(f"need commission >= 0 and max_holding > 0, got {commission}, {max_holding}")
+        if teacher_commission is not None and teacher_commission < 0:
+            raise ValueError(f"need teacher_commission >= 0 (or None: the env's), got {teacher_commission}")
         if len(features) < 2:
             raise ValueError("need at least 2 bars")
         if episode_length is not None and not 1 <= episode_length < len(features):
@@ -65,9 +68,14 @@ class TradingEnv(gym.Env):
         # the observation minus the position block, one row per bar
         self._bar_obs = np.concatenate([features.state, features.context, features.market], 1
                                        ).astype(np.float32)
-        self._rewards = transition_rewards(self.prices, levels, commission, max_holding, normalise_reward)
-        self.teacher_q = (teacher_q_table(self.prices, levels, commission, gamma, max_holding,
-                                          normalise_reward).astype(np.float32) if teacher else None)
+        self.reward_table = transition_rewards(self.prices, levels, commission, max_holding, normalise_reward)
+        # the commission part of each transition's reward, >= 0 (what a trade costs, in reward units)
+        self.switch_costs = transition_rewards(self.prices, levels, 0.0, max_holding,
+                                               normalise_reward) - self.reward_table
+        self.teacher_commission = commission if teacher_commission is None else float(teacher_commission)
+        self.teacher_q = (teacher_q_table(self.prices, levels, self.teacher_commission, gamma,
+                                          max_holding, normalise_reward).astype(np.float32)
+                          if teacher else None)
         self.action_space = spaces.Discrete(len(levels))
         # standardised features are clipped, so the box is bounded
         bound = max((s.clip for s in features.scalers.values()), default=np.inf)
@@ -90,6 +98,21 @@ class TradingEnv(gym.Env):
         eye = np.broadcast_to(np.eye(len(self.levels), dtype=np.float32), (len(bars), len(self.levels), len(self.levels)))
         rep = np.broadcast_to(bars[:, None, :], (len(bars), len(self.levels), bars.shape[1]))
         return np.concatenate([rep, eye], axis=2)
+
+    def portfolio_values(self, actions: np.ndarray, start: int = 0) -> np.ndarray:
+        """Portfolio values ``(len(actions) + 1,)`` of taking ``actions`` at bars ``start,
+        start + 1, ...`` from flat: the same accounting as :meth:`step`, vectorised."""
+        a = np.asarray(actions, np.int64)
+        if a.ndim != 1 or not len(a) or start < 0 or start + len(a) >= len(self.prices):
+            raise ValueError(f"need 1 <= len(actions) <= {len(self.prices) - 1 - start} from bar "
+                             f"{start}, got {a.shape}")
+        if (a < 0).any() or (a >= len(self.levels)).any():
+            raise ValueError(f"actions must be in [0, {len(self.levels)}), got {a.min()}..{a.max()}")
+        pos = self.levels[a] * self.max_holding
+        prev = np.concatenate([[0.0], pos[:-1]])
+        p = self.prices[start:start + len(a) + 1]
+        pnl = pos * (p[1:] - p[:-1]) - self.commission * np.abs(pos - prev) * p[:-1]
+        return self.max_holding * float(p[0]) + np.concatenate([[0.0], np.cumsum(pnl)])
 
     def _info(self) -> dict[str, Any]:
         info = {"position": float(self.levels[self._pos_index] * self.max_holding),
@@ -134,7 +157,7 @@ class TradingEnv(gym.Env):
         price = float(self.prices[t])
         # fill at this bar's close, pay commission on the traded notional, mark to the next close
         self._cash -= (new - old) * price + self.commission * abs(new - old) * price
-        reward = float(self._rewards[t, self._pos_index, a])
+        reward = float(self.reward_table[t, self._pos_index, a])
         self._t, self._pos_index = t + 1, a
         self._value = self._cash + new * float(self.prices[t + 1])
         truncated = self._t >= self._end

@@ -165,7 +165,7 @@ def warm_up_bars(context_window: int = 60, market_window: int = 360) -> int:
 
 
 def required_bars(train: float = 0.7, val: float = 0.15, context_window: int = 60,
-                  market_window: int = 360, min_train_bars: int = 2) -> tuple[int, int]:
+                  market_window: int = 360, min_train_bars: int = 2, folds: int = 1) -> tuple[int, int]:
     """``(warm-up bars, fewest bars in all)`` that :func:`build_features` accepts: the warm-up plus
     enough bars that the chronological splits give train ``>= max(2, min_train_bars)`` bars and
     validation (when ``val > 0``) and test ``>= 2``.
@@ -180,7 +180,7 @@ def required_bars(train: float = 0.7, val: float = 0.15, context_window: int = 6
 
     def fits(m: int) -> bool:
         a, b = int(round(m * train)), int(round(m * (train + val)))
-        return a >= min_train and b - a >= (2 if val > 0 else 0) and m - b >= 2
+        return a >= min_train and b - a >= (2 if val > 0 else 0) and (m - b) // folds >= 2
 
     m = min_train + 2
     while not fits(m):
@@ -190,7 +190,7 @@ def required_bars(train: float = 0.7, val: float = 0.15, context_window: int = 6
 
 def build_features(df: pd.DataFrame, train: float = 0.7, val: float = 0.15,
                    context_window: int = 60, market_window: int = 360, clip: float = 5.0,
-                   min_train_bars: int = 2) -> FeatureSet:
+                   min_train_bars: int = 2, folds: int = 1, fold: int = 0) -> FeatureSet:
     """Features for every bar after the longest warm-up, split in time order; each group is
     standardised with the training rows' statistics only.
 
@@ -199,21 +199,22 @@ def build_features(df: pd.DataFrame, train: float = 0.7, val: float = 0.15,
     and which settings lower that; ``min_train_bars``: the caller's own minimum for the training
     split (e.g. one regime chunk)."""
     validate_ohlcv(df, df.attrs.get("source", "data"))
-    warm, need = required_bars(train, val, context_window, market_window, min_train_bars)
+    warm, need = required_bars(train, val, context_window, market_window, min_train_bars, folds)
     if len(df) < need:
         raise ValueError(
             f"{df.attrs.get('source', 'data')}: {len(df)} bars, but the configured windows and splits "
             f"need at least {need}: {warm} warm-up bars (the longest window; market_window="
             f"{market_window}, context_window={context_window}) + {need - warm} bars for splits "
-            f"train={train} / val={val} / test (train >= {max(2, int(min_train_bars))} bars, "
-            "validation and test >= 2). Use a longer series, or smaller windows or chunks "
+            f"train={train} / val={val} / test in {folds} fold(s) (train >= "
+            f"{max(2, int(min_train_bars))} bars, validation and each test window >= 2). "
+            "Use a longer series, or smaller windows or chunks "
             "(macrohft.features.market_window / context_window, macrohft.regimes.chunk_length)")
     groups = raw_features(df, context_window, market_window)
     valid = np.all([g.notna().all(axis=1).to_numpy() for g in groups], axis=0)
     first = int(np.argmax(valid))
     if not valid[first:].all():
         raise ValueError("features have NaN after the warm-up (zero-range or constant input?)")
-    splits = chronological_splits(len(df) - first, train, val)
+    splits = chronological_splits(len(df) - first, train, val, folds, fold)
     a, b = splits["train"]
     arrays, scalers, names = [], {}, {}
     for key, g in zip(("state", "context", "market"), groups):

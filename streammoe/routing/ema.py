@@ -38,7 +38,6 @@ def ema_update(target: nn.Module, online: nn.Module, tau: float) -> None:
     t_params, o_params = list(target.parameters()), list(online.parameters())
     if len(t_params) != len(o_params) or any(a.shape != b.shape for a, b in zip(t_params, o_params)):
         raise ValueError("target and online modules have different parameter shapes")
-    for t, o in zip(t_params, o_params):
-        t.lerp_(o.detach(), tau)
+    torch._foreach_lerp_(t_params, [o.detach() for o in o_params], tau)  # one kernel per list
     for t, o in zip(target.buffers(), online.buffers()):
         t.copy_(o)

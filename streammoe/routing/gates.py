@@ -40,6 +40,7 @@ __all__ = [
     "softmax_per_dim_gate",
     "top_k_gate",
     "top_k_indices",
+    "shrink_to_uniform",
 ]
 
 
@@ -66,6 +67,20 @@ def softmax_gate(logits: Tensor, temperature: float = 1.0) -> Tensor:
     _check_logits(logits)
     _check_temperature(temperature)
     return torch.softmax(logits / temperature, dim=-1)
+
+
+def shrink_to_uniform(weights: Tensor, shrinkage: float) -> Tensor:
+    """``(1 - shrinkage) * weights + shrinkage / n_experts``: a convex mixture of the gate's
+    weights with uniform weights (``0``: unchanged, ``1``: uniform). Rows still sum to 1, and the
+    gradient is the gate's scaled by ``1 - shrinkage``.
+
+    >>> shrink_to_uniform(torch.tensor([[1.0, 0.0]]), 0.5).tolist()
+    [[0.75, 0.25]]
+    """
+    _check_logits(weights, "weights")
+    if not 0.0 <= shrinkage <= 1.0:
+        raise ValueError(f"shrinkage must be in [0, 1], got {shrinkage}")
+    return (1.0 - shrinkage) * weights + shrinkage / weights.shape[-1]
 
 
 def top_k_indices(logits: Tensor, k: int) -> Tensor:

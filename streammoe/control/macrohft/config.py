@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from streammoe.config import (
     ConfigError,
@@ -31,10 +31,34 @@ from streammoe.config import (
     validate,
 )
 
-__all__ = ["DQNSettings", "DataConfig", "HyperSettings", "MacroHFTConfig", "MacroHFTExperiment",
-           "macrohft_device", "validated"]
+__all__ = ["FAITHFUL", "REFERENCE_ALPHAS", "DQNSettings", "DataConfig", "HyperSettings",
+           "MacroHFTConfig", "MacroHFTExperiment", "effective", "macrohft_device", "validated"]
 
 MIXINGS = ("learned", "uniform")
+EPISODES = ("chunks", "whole_split")
+# The reference's teacher-KL weight per sub-agent (its scripts/low_level.sh); faithful mode uses
+# these instead of picking alpha on validation.
+REFERENCE_ALPHAS = {"trend_bear": 1.0, "trend_flat": 4.0, "trend_bull": 0.0,
+                    "vol_low": 4.0, "vol_mid": 1.0, "vol_high": 1.0}
+# ``macrohft.faithful=true`` replaces these keys with the reference's behaviour (docs/macrohft.md
+# lists each point; the values come from reading the reference code). Everything else
+# (features, chunk length, network widths of the sub-agents, flat episode starts) stays ours.
+FAITHFUL: dict = {
+    "env": {"teacher_commission": 1e-3},
+    "regimes": {"normalise_slope": False, "fold_val_tails": True},
+    "select_best_epoch": False,  # the reference keeps a reference to live weights: the last epoch
+    "subagent": {"lr": 1e-4, "batch_size": 512, "gamma": 0.99, "tau": 0.005, "steps_per_round": 100,
+                 "updates_per_round": 10, "eps_start": 0.5, "eps_end": 0.1, "eps_decay_epochs": 5.0,
+                 "epochs": 15, "buffer_size": 1_000_000},
+    "hyper": {"hidden": 32, "lr": 1e-4, "batch_size": 512, "gamma": 0.99, "tau": 0.005,
+              "steps_per_round": 512, "updates_per_round": 10, "eps_start": 0.7, "eps_end": 0.3,
+              "eps_decay_epochs": 5.0, "epochs": 15, "buffer_size": 1_000_000,
+              "memory_capacity": 4320, "memory_k": 5, "memory_weight": 0.5, "kl_weight": 5.0,
+              "input_context": True, "memory_key": "encode", "memory_fallback": True,
+              "router_fraction": 0.0, "episode": "whole_split"},
+    "selection": {"shrinkage": [0.0], "margins": [0.0]},
+    "mixing": "learned",
+}
 
 
 @dataclass
@@ -95,15 +119,28 @@ class DataConfig:
 
 @dataclass
 class Splits:
+    """Walk-forward splits: fold 0's train and validation windows are the first ``train`` and
+    ``val`` fractions of the bars, the rest is ``folds`` test windows, and fold k moves all three
+    windows forward by k test windows (``folds=1``: one train / val / test split)."""
+
     train: float = MISSING
     val: float = MISSING
+    folds: int = MISSING
+    fold: int | None = MISSING  # None: the last fold (the most recent test window)
 
     def check(self, at: str) -> None:
         in_range(f"{at}train", self.train, 0.0, 1.0, low_open=True, high_open=True)
         in_range(f"{at}val", self.val, 0.0, 1.0, high_open=True)
         if not self.train + self.val < 1.0:
-            raise ConfigError(f"{at}train + {at}val must be < 1 (the test split is the rest), "
+            raise ConfigError(f"{at}train + {at}val must be < 1 (the test windows are the rest), "
                               f"got {self.train} + {self.val}")
+        at_least(f"{at}folds", self.folds, 1)
+        if self.fold is not None:
+            in_range(f"{at}fold", self.fold, 0, self.folds - 1)
+
+    @property
+    def fold_index(self) -> int:
+        return self.folds - 1 if self.fold is None else int(self.fold)
 
 
 @dataclass
@@ -123,6 +160,7 @@ class EnvSettings:
     position_levels: list[float] = MISSING
     max_holding: float = MISSING
     commission: float = MISSING
+    teacher_commission: float | None = MISSING  # None: the env's commission
     normalise_reward: bool = MISSING
 
     def check(self, at: str) -> None:
@@ -134,6 +172,8 @@ class EnvSettings:
                               f"{self.position_levels}")
         greater_than(f"{at}max_holding", self.max_holding, 0.0)
         at_least(f"{at}commission", self.commission, 0.0)
+        if self.teacher_commission is not None:
+            at_least(f"{at}teacher_commission", self.teacher_commission, 0.0)
 
 
 @dataclass
@@ -142,6 +182,8 @@ class Regimes:
     filter_order: int = MISSING
     cutoff: float = MISSING
     quantiles: list[float] = MISSING
+    normalise_slope: bool = MISSING  # trend slope divided by the chunk's mean close
+    fold_val_tails: bool = MISSING  # validation chunks in the outer bins join classes 1 / 3
 
     def check(self, at: str) -> None:
         at_least(f"{at}filter_order", self.filter_order, 1)
@@ -198,9 +240,17 @@ class HyperSettings(DQNSettings):
     kl_weight: float = MISSING
     use_memory: bool = MISSING
     temperature: float = MISSING
+    input_context: bool = MISSING
+    memory_key: str = MISSING
+    memory_fallback: bool = MISSING
+    router_fraction: float = MISSING
+    episode: str = MISSING
 
     def check(self, at: str) -> None:
         super().check(at)
+        one_of(f"{at}memory_key", self.memory_key, ("film", "encode"))
+        one_of(f"{at}episode", self.episode, EPISODES)
+        in_range(f"{at}router_fraction", self.router_fraction, 0.0, 1.0, high_open=True)
         at_least(f"{at}memory_capacity", self.memory_capacity, 1)
         in_range(f"{at}memory_k", self.memory_k, 1, self.memory_capacity)
         at_least(f"{at}memory_weight", self.memory_weight, 0.0)
@@ -209,9 +259,26 @@ class HyperSettings(DQNSettings):
 
 
 @dataclass
+class Selection:
+    """``macrohft.selection``: candidates chosen on the validation window by its Sharpe ratio."""
+
+    shrinkage: list[float] = MISSING  # hyper-agent weights toward uniform (1 = uniform mixing)
+    margins: list[float] = MISSING  # action margin in units of the trade's commission
+
+    def check(self, at: str) -> None:
+        non_empty(f"{at}shrinkage", self.shrinkage)
+        for i, v in enumerate(self.shrinkage):
+            in_range(f"{at}shrinkage[{i}]", v, 0.0, 1.0)
+        non_empty(f"{at}margins", self.margins)
+        for i, v in enumerate(self.margins):
+            at_least(f"{at}margins[{i}]", v, 0.0)
+
+
+@dataclass
 class MacroHFTConfig:
     """``cfg.macrohft``."""
 
+    faithful: bool = MISSING
     threads: int = MISSING
     splits: Splits = MISSING
     features: Features = MISSING
@@ -221,6 +288,8 @@ class MacroHFTConfig:
     subagent: DQNSettings = MISSING
     hyper: HyperSettings = MISSING
     mixing: str = MISSING
+    select_best_epoch: bool = MISSING
+    selection: Selection = MISSING
     single_ddqn: bool = MISSING
     checkpoint: bool = MISSING
     resume_from: str | None = MISSING
@@ -253,3 +322,11 @@ def macrohft_device(name: str) -> torch.device:
 def validated(cfg: DictConfig) -> MacroHFTExperiment:
     """``cfg`` checked against :class:`MacroHFTExperiment` (the entry's first line)."""
     return validate(cfg, MacroHFTExperiment)
+
+
+def effective(c: DictConfig) -> DictConfig:
+    """``cfg.macrohft`` as the run uses it: with ``faithful=true`` the :data:`FAITHFUL` keys
+    replace the configured ones (the run writes the result to ``config_effective.yaml``)."""
+    if not c.faithful:
+        return c
+    return OmegaConf.merge(c, FAITHFUL)

@@ -1,8 +1,11 @@
 """The hyper-agent's episodic memory: a ring buffer of (key, action, q-target) with a vectorised
-k-nearest-neighbour query restricted to entries that took the same action.
+k-nearest-neighbour query.
 
-An answer is the inverse-squared-distance weighted mean ``sum_j w_j q_j / sum_j w_j`` with
-``w_j = 1 / (d_j^2 + eps)`` over the ``k`` nearest same-action keys. Keys are the hyper-agent's
+As in the reference, the ``k`` nearest keys are found first and then those whose action differs
+from the query's are masked out; the answer is the inverse-squared-distance weighted mean
+``sum_j w_j q_j / sum_j w_j`` with ``w_j = 1 / (d_j^2 + eps)`` over the remaining ones, and a query
+whose ``k`` nearest entries all took another action finds nothing. (Masking *before* the top-k
+always finds a same-action entry, most often the queried sample itself when it is already stored.) Keys are the hyper-agent's
 embedding of the stored observation; :meth:`EpisodicMemory.reencode` recomputes them after the
 network changes.
 
@@ -10,9 +13,9 @@ network changes.
 >>> m = EpisodicMemory(capacity=4, key_dim=1, obs_dim=1, k=2)
 >>> for x, a, q in [(0., 0, 1.), (1., 0, 3.), (5., 1, 9.)]:
 ...     m.add(torch.tensor([[x]]), torch.tensor([[x]]), torch.tensor([a]), torch.tensor([q]))
->>> value, found = m.query(torch.tensor([[0.], [5.]]), torch.tensor([0, 1]))
+>>> value, found = m.query(torch.tensor([[0.], [5.], [0.]]), torch.tensor([0, 1, 1]))
 >>> [round(v, 3) for v in value.tolist()], found.tolist()
-([1.002, 9.0], [True, True])
+([1.002, 9.0, 0.0], [True, True, False])
 """
 
 from __future__ import annotations
@@ -53,16 +56,16 @@ class EpisodicMemory:
 
     @torch.no_grad()
     def query(self, keys: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
-        """Memory value per query ``(B,)`` and whether any same-action entry existed ``(B,)``."""
+        """Memory value per query ``(B,)`` and whether any of the ``k`` nearest entries took the
+        query's action ``(B,)`` (value 0 where not)."""
         n = self.size
         if n == 0:
             return torch.zeros(len(keys), device=keys.device), torch.zeros(len(keys), dtype=torch.bool, device=keys.device)
         d2 = torch.cdist(keys.float(), self.keys[:n]).pow(2)  # (B, n)
-        same = self.actions[:n][None, :] == actions[:, None]
-        d2 = d2.masked_fill(~same, float("inf"))
         k = min(self.k, n)
         nearest_d2, nearest = torch.topk(d2, k, dim=1, largest=False)
-        w = torch.where(torch.isfinite(nearest_d2), 1.0 / (nearest_d2 + self.eps), torch.zeros_like(nearest_d2))
+        same = self.actions[:n][nearest] == actions[:, None]  # top-k first, then the action mask
+        w = torch.where(same, 1.0 / (nearest_d2 + self.eps), torch.zeros_like(nearest_d2))
         total = w.sum(1)
         found = total > 0
         value = (w * self.q[:n][nearest]).sum(1) / total.clamp_min(1e-12)
@@ -74,15 +77,13 @@ class EpisodicMemory:
         kept as the benchmark baseline and a test oracle."""
         values, found = [], []
         for key, action in zip(keys.tolist(), actions.tolist()):
-            cands: list[tuple[float, float]] = []
+            cands: list[tuple[float, int, float]] = []
             for j in range(self.size):
-                if int(self.actions[j]) != action:
-                    continue
                 entry = self.keys[j].tolist()
                 d2 = sum((a - b) ** 2 for a, b in zip(key, entry))
-                cands.append((d2, float(self.q[j])))
+                cands.append((d2, int(self.actions[j]), float(self.q[j])))
             cands.sort(key=lambda c: c[0])
-            top = cands[: self.k]
+            top = [(d2, q) for d2, a, q in cands[: self.k] if a == action]
             ws = [1.0 / (d2 + self.eps) for d2, _ in top]
             values.append(sum(w * q for w, (_, q) in zip(ws, top)) / sum(ws) if top else 0.0)
             found.append(bool(top))

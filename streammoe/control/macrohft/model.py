@@ -23,15 +23,17 @@ from streammoe import checkpoint as ckpt
 from streammoe.control.macrohft.memory import EpisodicMemory
 from streammoe.control.macrohft.networks import HyperAgent, SubAgentQNet, mixed_q, stack_q
 from streammoe.control.macrohft.train import UniformMixer
+from streammoe.routing import shrink_to_uniform
 
 __all__ = ["CHECKPOINT_VERSION", "MacroHFT", "load_checkpoint", "macd_long", "save_checkpoint",
            "subagent_config"]
 
 CHECKPOINT_KIND = "streammoe.macrohft.model"
-CHECKPOINT_VERSION = 2  # 1: a torch.save pickle (macrohft.pt), no longer read
+CHECKPOINT_VERSION = 3  # 1: a torch.save pickle (macrohft.pt); 2: no shrinkage/margin; neither read
 LABEL = "MacroHFT checkpoint"
 # The config keys the sub-agents and the single DDQN depend on (not the hyper-agent's).
-SUBAGENT_KEYS = ("splits", "features", "env", "regimes", "alphas", "subagent", "single_ddqn")
+SUBAGENT_KEYS = ("faithful", "splits", "features", "env", "regimes", "alphas", "select_best_epoch",
+                 "subagent", "single_ddqn", "mixing")
 
 
 @dataclass
@@ -44,21 +46,26 @@ class MacroHFT:
     memory: EpisodicMemory | None = None
     alphas: dict[str, float] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)  # config, scalers, thresholds, levels
+    shrinkage: float = 0.0  # weights shrunk toward uniform (chosen on validation)
+    margin: float = 0.0  # action margin in commissions (chosen on validation; train.table_rollout)
 
     @torch.no_grad()
     def weights(self, obs: Tensor) -> Tensor:
-        return self.mixer(obs)
+        """The hyper-agent's weights, shrunk toward uniform by ``shrinkage``: ``(B, E)``."""
+        return shrink_to_uniform(self.mixer(obs), self.shrinkage)
 
     @torch.no_grad()
     def q_values(self, obs: Tensor) -> Tensor:
         """``Q_mix(obs)``: ``(B, A)``."""
-        return mixed_q(self.mixer(obs), stack_q(list(self.subagents.values()), obs))
+        return mixed_q(self.weights(obs), stack_q(list(self.subagents.values()), obs))
 
 
 def subagent_config(config: dict[str, Any], data: dict[str, Any], seed: int) -> dict[str, Any]:
     """What a run resuming from a checkpoint (reusing its sub-agents) must share with the run
     that trained them: data, seed and the ``macrohft`` keys of :data:`SUBAGENT_KEYS`."""
-    return {"seed": int(seed), "data": data, **{k: config.get(k) for k in SUBAGENT_KEYS}}
+    return {"seed": int(seed), "data": data, **{k: config.get(k) for k in SUBAGENT_KEYS},
+            # the router slice decides which chunks the sub-agents train on
+            "router_fraction": (config.get("hyper") or {}).get("router_fraction")}
 
 
 def save_checkpoint(model: MacroHFT, path: str | Path) -> Path:
@@ -73,11 +80,14 @@ def save_checkpoint(model: MacroHFT, path: str | Path) -> Path:
         "hyper": None if hyper is None else hyper.state_dict(),
         "hyper_cfg": None if hyper is None else {"hidden": hyper.encode.out_features,
                                                  "use_adapter": hyper.use_adapter,
-                                                 "temperature": hyper.temperature},
+                                                 "temperature": hyper.temperature,
+                                                 "input_context": hyper.input_context,
+                                                 "memory_key": hyper.memory_key},
         "single_ddqn": None if model.single_ddqn is None else model.single_ddqn.state_dict(),
         "single_ddqn_adapter": None if model.single_ddqn is None else model.single_ddqn.use_adapter,
         "memory": None if model.memory is None else model.memory.state_dict(),
         "alphas": model.alphas, "meta": model.meta,
+        "shrinkage": model.shrinkage, "margin": model.margin,
     }
     meta = model.meta
     config = ({"subagents": subagent_config(meta["config"], meta["data"], meta["seed"])}
@@ -123,7 +133,7 @@ def _rebuild(ck: dict[str, Any]) -> MacroHFT:
         memory = EpisodicMemory(len(m["q"]), m["keys"].shape[1], m["obs"].shape[1])
         memory.load_state_dict(m)
     return MacroHFT(layout, n_actions, subagents, mixer.eval(), single, memory,
-                    dict(ck["alphas"]), dict(ck["meta"]))
+                    dict(ck["alphas"]), dict(ck["meta"]), float(ck["shrinkage"]), float(ck["margin"]))
 
 
 def macd_long(close: np.ndarray, fast: int = 12, slow: int = 26, signal: int = 9) -> np.ndarray:

@@ -78,14 +78,24 @@ class HyperAgent(nn.Module):
     """Softmax weights over sub-agents from (state, previous position), FiLM-conditioned on the
     market class. The logits layer starts at zero, so the first weights are uniform.
 
-    ``embed(obs)`` is the hidden state that keys the episodic memory.
+    ``input_context=True`` also feeds the context features to the input layer (the reference's
+    input). ``key(obs)`` keys the episodic memory: the FiLM-conditioned hidden state
+    (``memory_key="film"``) or the input layer's output before the normalisation and FiLM
+    (``"encode"``, the reference's key).
     """
 
+    MEMORY_KEYS = ("film", "encode")
+
     def __init__(self, layout: ObsLayout, n_experts: int, hidden: int = 64,
-                 use_adapter: bool = True, temperature: float = 1.0) -> None:
+                 use_adapter: bool = True, temperature: float = 1.0, input_context: bool = False,
+                 memory_key: str = "film") -> None:
         super().__init__()
+        if memory_key not in self.MEMORY_KEYS:
+            raise ValueError(f"memory_key must be one of {self.MEMORY_KEYS}, got {memory_key!r}")
         self.layout, self.use_adapter, self.temperature = layout, use_adapter, temperature
-        self.encode = nn.Linear(layout.n_state + layout.n_levels, hidden)
+        self.input_context, self.memory_key = input_context, memory_key
+        n_in = layout.n_state + layout.n_levels + (layout.n_context if input_context else 0)
+        self.encode = nn.Linear(n_in, hidden)
         self.market = nn.Linear(layout.n_market, hidden)
         self.film = FiLM(hidden)
         self.trunk = nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU())
@@ -93,11 +103,21 @@ class HyperAgent(nn.Module):
         nn.init.zeros_(self.logits.weight)
         nn.init.zeros_(self.logits.bias)
 
+    def _encoded(self, obs: Tensor) -> Tensor:
+        state, context, _, position = self.layout.split(obs)
+        parts = [state, context, position] if self.input_context else [state, position]
+        return self.encode(torch.cat(parts, dim=-1))
+
     def embed(self, obs: Tensor) -> Tensor:
-        state, _, market, position = self.layout.split(obs)
-        h = self.encode(torch.cat([state, position], dim=-1))
+        """The hidden state the logits read."""
+        h = self._encoded(obs)
+        market = self.layout.split(obs)[2]
         h = self.film(h, self.market(market)) if self.use_adapter else self.film.norm(h)
         return self.trunk(h)
+
+    def key(self, obs: Tensor) -> Tensor:
+        """The episodic memory's key of ``obs`` (see ``memory_key``)."""
+        return self.embed(obs) if self.memory_key == "film" else self._encoded(obs)
 
     def forward(self, obs: Tensor) -> Tensor:
         """Mixing weights ``(..., n_experts)``."""

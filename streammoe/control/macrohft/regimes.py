@@ -35,8 +35,11 @@ REGIMES: dict[str, tuple[str, int]] = {
 
 
 def chunk_labels(close: np.ndarray, chunk_length: int, filter_order: int = 1,
-                 cutoff: float = 0.05) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Start index of every full, non-overlapping chunk and its raw trend / volatility labels."""
+                 cutoff: float = 0.05, normalise_slope: bool = True
+                 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Start index of every full, non-overlapping chunk and its raw trend / volatility labels.
+    ``normalise_slope=False``: the slope in price units (the reference's), not divided by the
+    chunk's mean close."""
     n_chunks = len(close) // chunk_length
     if n_chunks < 1:
         raise ValueError(f"series of {len(close)} bars is shorter than one chunk ({chunk_length})")
@@ -47,7 +50,9 @@ def chunk_labels(close: np.ndarray, chunk_length: int, filter_order: int = 1,
     b, a = butter(filter_order, cutoff)
     smooth = filtfilt(b, a, chunks, axis=1)  # zero phase: forward then backward
     x = np.arange(chunk_length) - (chunk_length - 1) / 2
-    slope = (smooth * x).sum(1) / (x**2).sum() / chunks.mean(1)
+    slope = (smooth * x).sum(1) / (x**2).sum()
+    if normalise_slope:
+        slope = slope / chunks.mean(1)
     vol = np.diff(np.log(chunks), axis=1).std(1)
     return starts, {"trend": slope, "volatility": vol}
 
@@ -77,9 +82,21 @@ class RegimeThresholds:
 
 
 def assign_regimes(starts: np.ndarray, labels: dict[str, np.ndarray],
-                   thresholds: RegimeThresholds) -> dict[str, np.ndarray]:
-    """Chunk start indices belonging to each of the six sub-agents in :data:`REGIMES`."""
+                   thresholds: RegimeThresholds, fold_tails: bool = False) -> dict[str, np.ndarray]:
+    """Chunk start indices belonging to each of the six sub-agents in :data:`REGIMES`.
+    ``fold_tails``: chunks in the outer bins (0, 4) join the nearest kept class (1, 3), as the
+    reference does for validation and test chunks; otherwise they belong to no sub-agent.
+
+    >>> t = RegimeThresholds(np.array([-2., -1, 1, 2]), np.array([1., 2, 3, 4]))
+    >>> labels = {"trend": np.array([-3., 0, 3]), "volatility": np.array([2.5, 2.5, 2.5])}
+    >>> assign_regimes(np.array([0, 10, 20]), labels, t)["trend_bull"].tolist()
+    []
+    >>> assign_regimes(np.array([0, 10, 20]), labels, t, fold_tails=True)["trend_bull"].tolist()
+    [20]
+    """
     bins = thresholds.bins(labels)
+    if fold_tails:
+        bins = {kind: np.clip(b, 1, 3) for kind, b in bins.items()}
     return {name: starts[bins[kind] == b] for name, (kind, b) in REGIMES.items()}
 
 

@@ -5,7 +5,9 @@
   (all chunks).
 - :func:`train_hyperagent`: the router over frozen sub-agents, loss
   ``TD + memory_weight * MSE(Q_mix(s, a), memory(s, a)) + kl_weight * KL(teacher || Q_mix)``.
-- :func:`greedy_rollout`: evaluate any Q-table / rule on an env episode.
+- :func:`greedy_rollout`: evaluate any rule on an env episode; :func:`table_rollout`: a Q-table's
+  greedy policy with an optional cost-aware action margin, vectorised over the table.
+- :class:`EpochSelection`: per-epoch validation scores, the best epoch kept (a deep copy).
 
 The sub-agents' losses are custom (teacher KL, memory), which SB3's DQN does not expose, so the
 loop is written out here.
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -27,8 +29,8 @@ from streammoe.control.macrohft.memory import EpisodicMemory
 from streammoe.control.macrohft.networks import HyperAgent, SubAgentQNet, mixed_q, stack_q
 from streammoe.routing import ema_copy, ema_update
 
-__all__ = ["DQNConfig", "HyperConfig", "ReplayBuffer", "Rollout", "greedy_rollout", "q_table",
-           "train_hyperagent", "train_subagent"]
+__all__ = ["DQNConfig", "EpochSelection", "HyperConfig", "ReplayBuffer", "Rollout", "greedy_rollout",
+           "q_table", "table_rollout", "train_hyperagent", "train_subagent"]
 
 LogFn = Callable[..., None]
 
@@ -59,6 +61,50 @@ class HyperConfig(DQNConfig):
     kl_weight: float = 5.0
     use_memory: bool = True
     temperature: float = 1.0
+    input_context: bool = False  # the reference also feeds the context features
+    memory_key: str = "film"  # film | encode (the reference's: before the normalisation and FiLM)
+    # the reference's memory fallback: until the memory is full, and where none of the k nearest
+    # entries took the action, the memory target is the sample's own fresh target (else no loss)
+    memory_fallback: bool = False
+    # used by the entry, not here: the share of the training window's chunks held out of the
+    # sub-agents for the hyper-agent (0: in sample), and its episodes (chunks | whole_split)
+    router_fraction: float = 0.3
+    episode: str = "chunks"
+
+
+@dataclass
+class EpochSelection:
+    """Validation after every epoch; with ``keep_best`` the network of the best epoch (a deep
+    copy, not a reference to the live weights) is what training returns, otherwise the last.
+
+    >>> sel = EpochSelection(score=lambda net: -abs(net.weight.item() - 1.0))
+    >>> net = nn.Linear(1, 1, bias=False)
+    >>> for w in (0.0, 0.9, 3.0):
+    ...     _ = net.weight.data.fill_(w); sel.after_epoch(net)
+    >>> sel.best_epoch, sel.result(net).weight.item(), net.weight.item()
+    (2, 0.8999999761581421, 3.0)
+    """
+
+    score: Callable[[nn.Module], float]
+    keep_best: bool = True
+    scores: list[float] = field(default_factory=list)
+    best_epoch: int = 0  # 1-based; 0 before the first epoch
+    _best: nn.Module | None = None
+
+    def after_epoch(self, net: nn.Module) -> float:
+        was_training = net.training
+        net.eval()
+        value = float(self.score(net))
+        net.train(was_training)
+        self.scores.append(value)
+        if self.keep_best and (self._best is None or value > max(self.scores[:-1])):
+            self._best, self.best_epoch = copy.deepcopy(net), len(self.scores)
+        elif not self.keep_best:
+            self.best_epoch = len(self.scores)
+        return value
+
+    def result(self, net: nn.Module) -> nn.Module:
+        return self._best if (self.keep_best and self._best is not None) else net
 
 
 class ReplayBuffer:
@@ -154,11 +200,12 @@ def _optimise(opt: torch.optim.Optimizer, net: nn.Module, target: nn.Module, los
 
 def train_subagent(env: TradingEnv, chunk_starts: Sequence[int], chunk_length: int,
                    cfg: DQNConfig, alpha: float, seed: int, log: LogFn | None = None,
-                   name: str = "subagent") -> SubAgentQNet:
+                   name: str = "subagent", selection: EpochSelection | None = None) -> SubAgentQNet:
     """Double DQN with a dueling head on the given chunks of ``env``'s series.
 
     An epoch plays every chunk once (side by side); ``updates_per_round`` gradient steps follow
-    every ``steps_per_round`` collected transitions.
+    every ``steps_per_round`` collected transitions. With ``selection`` the network is scored
+    after every epoch and the selected epoch's network is returned.
     """
     if len(chunk_starts) == 0:
         raise ValueError(f"{name}: no training chunks")
@@ -167,7 +214,7 @@ def train_subagent(env: TradingEnv, chunk_starts: Sequence[int], chunk_length: i
     n_actions = env.action_space.n
     q_net = SubAgentQNet(env.layout, n_actions, cfg.hidden, cfg.use_adapter)
     target = ema_copy(q_net)
-    opt = torch.optim.Adam(q_net.parameters(), lr=cfg.lr)
+    opt = torch.optim.Adam(q_net.parameters(), lr=cfg.lr, fused=True)  # one kernel per step
     buffer = ReplayBuffer(cfg.buffer_size, env.layout.dim, n_actions)
     decay_steps = int(cfg.eps_decay_epochs * len(chunk_starts) * chunk_length)
     step, owed_updates = 0, 0.0
@@ -200,10 +247,13 @@ def train_subagent(env: TradingEnv, chunk_starts: Sequence[int], chunk_length: i
                 kl = teacher_kl(q_all, b["teacher_q"])
                 _optimise(opt, q_net, target, td + alpha * kl, cfg)
                 losses.append((td.item(), kl.item()))
+        score = selection.after_epoch(q_net) if selection is not None else None
         if log is not None and losses:
             td_m, kl_m = np.mean(losses, axis=0)
             log(stage="subagent", agent=name, alpha=alpha, epoch=epoch + 1, step=step,
-                td_loss=float(td_m), kl_loss=float(kl_m), memory_loss=None, score=None)
+                td_loss=float(td_m), kl_loss=float(kl_m), memory_loss=None, score=score)
+    if selection is not None:
+        q_net = selection.result(q_net)
     q_net.eval()
     return q_net
 
@@ -221,9 +271,15 @@ class UniformMixer(nn.Module):
 
 def train_hyperagent(env: TradingEnv, chunk_starts: Sequence[int], chunk_length: int,
                      subagents: Sequence[nn.Module], cfg: HyperConfig, seed: int,
-                     log: LogFn | None = None) -> tuple[HyperAgent, EpisodicMemory]:
+                     log: LogFn | None = None, selection: EpochSelection | None = None
+                     ) -> tuple[HyperAgent, EpisodicMemory]:
     """Learn softmax weights over the frozen sub-agents by double DQN on ``Q_mix``, with the
-    episodic-memory and teacher-KL terms. Same collection schedule as :func:`train_subagent`."""
+    episodic-memory and teacher-KL terms. Same collection schedule as :func:`train_subagent`.
+
+    The memory is queried while collecting, *before* the new transition is inserted (so a
+    sample never finds itself), and its answer is stored with the transition in the replay
+    buffer, as in the reference. ``selection`` scores the hyper-agent after every epoch (see
+    :class:`EpochSelection`)."""
     if len(chunk_starts) == 0:
         raise ValueError("hyper-agent: no training chunks")
     torch.manual_seed(seed)
@@ -231,14 +287,17 @@ def train_hyperagent(env: TradingEnv, chunk_starts: Sequence[int], chunk_length:
     for agent in subagents:
         agent.eval().requires_grad_(False)
     n_actions, n_experts = env.action_space.n, len(subagents)
-    hyper = HyperAgent(env.layout, n_experts, cfg.hidden, cfg.use_adapter, cfg.temperature)
+    hyper = HyperAgent(env.layout, n_experts, cfg.hidden, cfg.use_adapter, cfg.temperature,
+                       cfg.input_context, cfg.memory_key)
     target = ema_copy(hyper)
-    opt = torch.optim.Adam(hyper.parameters(), lr=cfg.lr)
-    memory = EpisodicMemory(cfg.memory_capacity, cfg.hidden, env.layout.dim, cfg.memory_k)
+    opt = torch.optim.Adam(hyper.parameters(), lr=cfg.lr, fused=True)
+    key_dim = cfg.hidden
+    memory = EpisodicMemory(cfg.memory_capacity, key_dim, env.layout.dim, cfg.memory_k)
     # the frozen sub-agents' Q of obs and next_obs are stored, so updates never re-run them
     buffer = ReplayBuffer(cfg.buffer_size, env.layout.dim, n_actions,
                           extra={"expert_q": (n_experts, n_actions),
-                                 "next_expert_q": (n_experts, n_actions)})
+                                 "next_expert_q": (n_experts, n_actions),
+                                 "memory_q": (), "memory_found": ()})
     decay_steps = int(cfg.eps_decay_epochs * len(chunk_starts) * chunk_length)
     step, owed_updates = 0, 0.0
     for epoch in range(cfg.epochs):
@@ -256,13 +315,19 @@ def train_hyperagent(env: TradingEnv, chunk_starts: Sequence[int], chunk_length:
             next_t = torch.from_numpy(next_obs)
             with torch.no_grad():
                 next_expert_q = stack_q(subagents, next_t)
-                # memory entry: key = embedding of s, target q = r + gamma * max_a Q_mix(s', a)
+                # memory entry: key of s, target q = r + gamma * max_a Q_mix(s', a)
                 next_value = mixed_q(hyper(next_t[idx]), next_expert_q[idx]).max(1).values
-                mem_q = torch.from_numpy(rewards) + cfg.gamma * (1 - torch.from_numpy(terminated)) * next_value
-                memory.add(hyper.embed(obs_t[idx]), obs_t[idx], torch.from_numpy(actions[idx]), mem_q)
+                fresh_q = torch.from_numpy(rewards) + cfg.gamma * (1 - torch.from_numpy(terminated)) * next_value
+                keys, acted = hyper.key(obs_t[idx]), torch.from_numpy(actions[idx])
+                mem_q, found = memory.query(keys, acted)  # before inserting this transition
+                if cfg.memory_fallback:
+                    found &= len(memory) >= memory.capacity
+                    mem_q, found = torch.where(found, mem_q, fresh_q), torch.ones_like(found)
+                memory.add(keys, obs_t[idx], acted, fresh_q)
             buffer.add(obs=obs[idx], next_obs=next_obs[idx], action=actions[idx], reward=rewards,
                        done=terminated, teacher_q=teacher_q[idx], expert_q=expert_q[idx].numpy(),
-                       next_expert_q=next_expert_q[idx].numpy())
+                       next_expert_q=next_expert_q[idx].numpy(), memory_q=mem_q.numpy(),
+                       memory_found=found.float().numpy())
             obs, teacher_q, expert_q, step = next_obs, next_teacher, next_expert_q, step + len(idx)
             owed_updates += len(idx) * cfg.updates_per_round / cfg.steps_per_round
             if len(buffer) < cfg.batch_size or owed_updates < 1:
@@ -278,19 +343,20 @@ def train_hyperagent(env: TradingEnv, chunk_starts: Sequence[int], chunk_length:
                 q_sa = q_all.gather(1, b["action"][:, None]).squeeze(1)
                 td = F.mse_loss(q_sa, y)
                 mem = torch.zeros(())
-                if cfg.use_memory:
-                    mem_value, found = memory.query(hyper.embed(b["obs"]).detach(), b["action"])
-                    if found.any():
-                        mem = F.mse_loss(q_sa[found], mem_value[found])
+                used = b["memory_found"] > 0
+                if cfg.use_memory and used.any():
+                    mem = F.mse_loss(q_sa[used], b["memory_q"][used])
                 kl = teacher_kl(q_all, b["teacher_q"])
                 _optimise(opt, hyper, target, td + cfg.memory_weight * mem + cfg.kl_weight * kl, cfg)
                 losses.append((td.item(), kl.item(), mem.item()))
-            if cfg.use_memory:  # keys follow the embedding as it changes
-                memory.reencode(hyper.embed)
+            memory.reencode(hyper.key)  # keys follow the network as it changes
+        score = selection.after_epoch(hyper) if selection is not None else None
         if log is not None and losses:
             td_m, kl_m, mem_m = np.mean(losses, axis=0)
             log(stage="hyper", agent="hyper", alpha=cfg.kl_weight, epoch=epoch + 1, step=step,
-                td_loss=float(td_m), kl_loss=float(kl_m), memory_loss=float(mem_m), score=None)
+                td_loss=float(td_m), kl_loss=float(kl_m), memory_loss=float(mem_m), score=score)
+    if selection is not None:
+        hyper = selection.result(hyper)
     hyper.eval()
     return hyper, memory
 
@@ -334,6 +400,35 @@ def greedy_rollout(env: TradingEnv, policy: Callable[[int, int], int], start: in
         done = terminated or truncated
     return Rollout(np.asarray(values), np.asarray(positions), np.asarray(actions),
                    np.asarray(rewards), np.asarray(bars))
+
+
+def table_rollout(env: TradingEnv, table: np.ndarray, margin: float = 0.0, start: int = 0,
+                  length: int | None = None) -> Rollout:
+    """The greedy policy of a ``(T, K, A)`` Q-table (row 0 = bar ``start``) from flat, with a
+    cost-aware action margin: the position changes only where the best action's Q beats holding
+    by more than ``margin`` times that trade's commission (in reward units). ``margin=0`` is the
+    plain greedy policy; the result equals stepping ``env`` (:func:`greedy_rollout`).
+    """
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    n = len(env.prices) - 1 - start if length is None else min(int(length), len(env.prices) - 1 - start)
+    if n < 1 or len(table) < n:
+        raise ValueError(f"table has {len(table)} rows, the episode needs {n} from bar {start}")
+    greedy = table[:n].argmax(-1)  # (n, K)
+    rows = np.arange(env.layout.n_levels)
+    gain = table[:n] - table[:n, rows, rows][:, :, None]  # Q(a) - Q(hold), per previous position
+    cost = env.switch_costs[start:start + n]
+    keep = np.take_along_axis(gain, greedy[:, :, None], 2)[:, :, 0] <= margin * np.take_along_axis(
+        cost, greedy[:, :, None], 2)[:, :, 0]
+    decision = np.where(keep & (margin > 0), rows[None, :], greedy)  # (n, K): action per position
+    actions = np.empty(n, np.int64)
+    pos = env.flat_index
+    for t in range(n):  # the only sequential part: the position carried from bar to bar
+        pos = actions[t] = decision[t, pos]
+    prev = np.concatenate([[env.flat_index], actions[:-1]])
+    bars = np.arange(start, start + n)
+    return Rollout(env.portfolio_values(actions, start), env.levels[actions] * env.max_holding,
+                   actions, env.reward_table[bars, prev, actions], bars)
 
 
 def table_policy(table: np.ndarray, offset: int = 0) -> Callable[[int, int], int]:
