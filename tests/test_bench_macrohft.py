@@ -138,8 +138,10 @@ def test_job_pool_skips_finished_reruns_interrupted_and_reports_failures(
     real = bench["Job"]("s", 2e-4, "faithful", 1, 2).command(tmp_path, "macrohft_smoke", 2, ["a=1"])
     assert real[2:] == ["experiment=macrohft_smoke", "data=s", "seed=2", "macrohft.splits.folds=2",
                         "macrohft.splits.fold=1", "macrohft.faithful=true",
+                        "macrohft.single_ddqn=false",  # the baseline comes from the improved jobs
                         "macrohft.env.commission=0.0002",
-                        f"hydra.run.dir={tmp_path / 'runs/s/fee0.0002/faithful/fold1_seed2'}", "a=1"]
+                        f"hydra.run.dir={tmp_path / 'runs/s/fee0.0002/faithful/fold1_seed2'}",
+                        "tensorboard=false", "a=1"]
     monkeypatch.setattr(bench["Job"], "command", command)
     finished = tmp_path / "runs/s/fee0.0002/improved/fold0_seed0"
     finished.mkdir(parents=True)

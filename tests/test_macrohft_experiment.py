@@ -116,6 +116,11 @@ def test_ablation_switches_run(tmp_path: Path, overrides: list[str]) -> None:
         assert load_checkpoint(tmp_path / "macrohft.safetensors").memory is None
 
 
+def test_sweeps_optimise_a_validation_metric(smoke_run: tuple[Path, dict]) -> None:
+    cfg = compose_config(["experiment=macrohft"])
+    assert cfg.objective == "val_sharpe" and np.isfinite(smoke_run[1][cfg.objective])
+
+
 def test_faithful_mode_runs_the_reference_settings(tmp_path: Path) -> None:
     metrics = run_experiment(compose_config([*SMOKE, "macrohft.faithful=true", "macrohft.single_ddqn=false",
                                              "macrohft.splits.fold=0"]), tmp_path)

@@ -80,7 +80,7 @@ class EpochSelection:
     >>> sel = EpochSelection(score=lambda net: -abs(net.weight.item() - 1.0))
     >>> net = nn.Linear(1, 1, bias=False)
     >>> for w in (0.0, 0.9, 3.0):
-    ...     _ = net.weight.data.fill_(w); sel.after_epoch(net)
+    ...     _ = net.weight.data.fill_(w); _ = sel.after_epoch(net)
     >>> sel.best_epoch, sel.result(net).weight.item(), net.weight.item()
     (2, 0.8999999761581421, 3.0)
     """
