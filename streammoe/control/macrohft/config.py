@@ -138,10 +138,6 @@ class Splits:
         if self.fold is not None:
             in_range(f"{at}fold", self.fold, 0, self.folds - 1)
 
-    @property
-    def fold_index(self) -> int:
-        return self.folds - 1 if self.fold is None else int(self.fold)
-
 
 @dataclass
 class Features:

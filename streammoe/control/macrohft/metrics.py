@@ -49,8 +49,12 @@ def count_trades(positions: Sequence[float] | np.ndarray, initial: float = 0.0) 
     >>> count_trades([0, 1, 1, 0, -1])
     3
     """
-    p = np.concatenate([[initial], np.asarray(positions, np.float64)])
-    return int(np.count_nonzero(np.diff(p)))
+    return int(np.count_nonzero(_position_changes(positions, initial)))
+
+
+def _position_changes(positions: Sequence[float] | np.ndarray, initial: float = 0.0) -> np.ndarray:
+    """``pos_t - pos_{t-1}`` per bar, starting from ``initial``."""
+    return np.diff(np.concatenate([[initial], np.asarray(positions, np.float64)]))
 
 
 def trading_metrics(values: Sequence[float] | np.ndarray, bars_per_year: float,
@@ -79,8 +83,8 @@ def trading_metrics(values: Sequence[float] | np.ndarray, bars_per_year: float,
         "calmar": _ratio(annual_return, max_dd),
         "sortino": _ratio(mean, downside) * scale,
         "n_trades": float(count_trades(positions)) if positions is not None else float("nan"),
-        "turnover": (float(np.abs(np.diff(np.concatenate([[0.0], np.asarray(positions, np.float64)]))).sum()
-                           * bars_per_year / len(r)) if positions is not None else float("nan")),
+        "turnover": (float(np.abs(_position_changes(positions)).sum() * bars_per_year / len(r))
+                     if positions is not None else float("nan")),
     }
 
 

@@ -291,8 +291,7 @@ def train_hyperagent(env: TradingEnv, chunk_starts: Sequence[int], chunk_length:
                        cfg.input_context, cfg.memory_key)
     target = ema_copy(hyper)
     opt = torch.optim.Adam(hyper.parameters(), lr=cfg.lr, fused=True)
-    key_dim = cfg.hidden
-    memory = EpisodicMemory(cfg.memory_capacity, key_dim, env.layout.dim, cfg.memory_k)
+    memory = EpisodicMemory(cfg.memory_capacity, cfg.hidden, env.layout.dim, cfg.memory_k)
     # the frozen sub-agents' Q of obs and next_obs are stored, so updates never re-run them
     buffer = ReplayBuffer(cfg.buffer_size, env.layout.dim, n_actions,
                           extra={"expert_q": (n_experts, n_actions),
