@@ -185,7 +185,8 @@ def task_family(name: str, n_train: int, n_test: int, task_seed: int = 0,
     """Train and held-out test tasks of ``point_robot`` or ``cheetah_vel``.
 
     Point-Robot goals are at angles drawn uniformly in ``[0, pi]`` on the unit circle; Cheetah-Vel
-    targets uniformly in ``[0, 3]``. The test tasks are the first ``n_test`` draws, so they never
+    training targets uniformly in ``[0, 3]`` and test targets one per equal stratum of ``[0, 3]``
+    (spread over the range). The test tasks are the first ``n_test`` draws, so they never
     coincide with a training task, and growing ``n_train`` keeps the test set fixed.
     """
     if n_train < 1 or n_test < 1:
@@ -198,7 +199,9 @@ def task_family(name: str, n_train: int, n_test: int, task_seed: int = 0,
             return np.stack([np.cos(a), np.sin(a)], 1).astype(np.float32)
         return TaskFamily(name, POINT_ROBOT_ID, horizon or 20, goals(train_angles), goals(test_angles))
     if name == "cheetah_vel":
-        test_v = rng.uniform(0.0, 3.0, (n_test, 1)).astype(np.float32)
+        # one test velocity per equal stratum of [0, 3], so the held-out set spans the range
+        test_v = ((np.arange(n_test) + rng.uniform(0.0, 1.0, n_test)) * 3.0 / n_test).reshape(-1, 1)
+        test_v = test_v.astype(np.float32)
         train_v = rng.uniform(0.0, 3.0, (n_train, 1)).astype(np.float32)
         return TaskFamily(name, CHEETAH_VEL_ID, horizon or 200, train_v, test_v)
     raise ValueError(f"unknown task family {name!r}; choose point_robot or cheetah_vel")

@@ -44,12 +44,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +57,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from streammoe.control.macrohft.metrics import paired_block_bootstrap, trading_metrics  # noqa: E402
+from streammoe.jobs import Job as PoolJob  # noqa: E402
+from streammoe.jobs import run_jobs as pool_run  # noqa: E402
 from streammoe.runs import format_table, to_jsonable  # noqa: E402
 
 MODES = ("improved", "faithful")
@@ -130,56 +129,13 @@ def plan_jobs(series: Sequence[str], fees: Sequence[float], modes: Sequence[str]
             for k in range(folds) for seed in seeds]
 
 
-def run_job(job: Job, out: Path, experiment: str, folds: int, overrides: Sequence[str]) -> tuple[int, float]:
-    """Run one job from scratch in its folder; (exit code, seconds). Output to ``log.txt``."""
-    job_dir = job.dir(out)
-    if job_dir.exists():  # interrupted earlier: no metrics.json, start over
-        shutil.rmtree(job_dir)
-    job_dir.mkdir(parents=True)
-    cmd = job.command(out, experiment, folds, overrides)
-    t0 = time.perf_counter()
-    with (job_dir / "log.txt").open("w") as log:
-        log.write("$ " + " ".join(cmd) + "\n")
-        log.flush()
-        try:
-            rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
-        except OSError as err:
-            log.write(f"could not start: {err}\n")
-            rc = -1
-    if rc == 0 and not (job_dir / "metrics.json").is_file():
-        rc = -2  # exited cleanly without results
-    return rc, time.perf_counter() - t0
-
-
 def run_jobs(jobs: Sequence[Job], out: Path, experiment: str, folds: int, overrides: Sequence[str],
              n_workers: int) -> dict[str, Any]:
-    """Run the unfinished ``jobs`` in a pool of ``n_workers`` subprocesses; never raises on a
-    failed job. Returns counts, the failures and the seconds spent."""
-    todo = [j for j in jobs if not (j.dir(out) / "metrics.json").is_file()]
-    print(f"{len(jobs)} jobs, {len(jobs) - len(todo)} finished earlier, {len(todo)} to run "
-          f"with {n_workers} workers", flush=True)
-    failures: list[dict[str, Any]] = []
-    job_seconds = 0.0
-    t0 = time.perf_counter()
-    if todo:
-        with ThreadPoolExecutor(max_workers=max(1, n_workers)) as pool:
-            futures = {pool.submit(run_job, j, out, experiment, folds, overrides): j for j in todo}
-            for done, future in enumerate(as_completed(futures), 1):
-                job = futures[future]
-                try:
-                    rc, seconds = future.result()
-                except Exception as err:  # noqa: BLE001 - a broken job must not stop the bench
-                    rc, seconds = -3, float("nan")
-                    print(f"  {job.name()}: {err!r}", flush=True)
-                job_seconds += seconds if math.isfinite(seconds) else 0.0
-                status = "ok" if rc == 0 else f"FAILED (rc {rc})"
-                print(f"[{done}/{len(todo)}] {status} {job.name()} in {seconds:.0f}s "
-                      f"(elapsed {time.perf_counter() - t0:.0f}s)", flush=True)
-                if rc != 0:
-                    failures.append({"job": job.name(), "dir": str(job.dir(out)), "rc": rc,
-                                     "log": str(job.dir(out) / "log.txt")})
-    return {"n_jobs": len(jobs), "n_run": len(todo), "n_skipped": len(jobs) - len(todo),
-            "failures": failures, "job_seconds_sum": job_seconds, "run_seconds": time.perf_counter() - t0}
+    """Run the unfinished ``jobs`` in a pool of ``n_workers`` subprocesses (:mod:`streammoe.jobs`;
+    an interrupted job starts over); never raises on a failed job. Returns counts, the failures
+    and the seconds spent."""
+    return pool_run([PoolJob(j.name(), j.dir(out), j.command(out, experiment, folds, overrides)) for j in jobs],
+                    n_workers, cwd=ROOT, resume=False)
 
 
 # -------------------------------------------------------------------------------- aggregation

@@ -1,105 +1,284 @@
-"""Benchmark T2MIR: AD vs T2MIR-AD vs the ablations, several seeds, same data and step budget.
+"""Benchmark T2MIR: AD vs T2MIR-AD, the ablations and a one-episode-context control, over seeds.
 
-For every seed the experiment's whole pipeline runs (``run_t2mir``: the learning histories are
-collected once and shared by every seed and variant; each variant trains with the same number of
-steps and is evaluated in context on the held-out tasks). Then the training step time of every
-variant is measured side by side (round-robin, so load from other processes hits all variants
-alike) and reported as ms/step and as a ratio to AD.
+1. Collects (or finds) the experiment's learning histories once, in this process.
+2. Runs one ``scripts/run.py`` job per (row, seed) in a pool of ``--jobs`` subprocesses
+   (:mod:`streammoe.jobs`), each in ``OUT/runs/<row>/seed_<s>`` with its output in ``log.txt``:
 
-    python scripts/bench_t2mir.py --experiment t2mir_pointrobot --seeds 0 1 2
-    python scripts/bench_t2mir.py --experiment t2mir_cheetahvel --seeds 0 1 2
-    python scripts/bench_t2mir.py --experiment t2mir_smoke --seeds 0 --out /tmp/b  # seconds
-    python scripts/bench_t2mir.py --experiment t2mir_cheetahvel_full --timing-only --device cuda
-    python scripts/bench_t2mir.py --experiment t2mir_pointrobot --probe outputs/bench_t2mir/t2mir_pointrobot/seed_0
+   ========== ======================== ===================================================
+   row        variant                  seeds
+   ========== ======================== ===================================================
+   ad         ``ad`` (no MoE)          ``--seeds``
+   t2mir      ``t2mir`` (T2MIR-AD)     ``--seeds``
+   token_moe  token-wise MoE only      ``--ablation-seeds``
+   no_cl      no contrastive loss      ``--ablation-seeds``
+   ctx1       ``t2mir`` trained and    ``--control-seeds``
+              evaluated with one-
+              episode contexts
+   ========== ======================== ===================================================
+
+   A finished job (``metrics.json`` present) is skipped; an interrupted one resumes from its
+   checkpoints (training and evaluation), so the bench can run in parts.
+3. Aggregates every finished job into ``OUT/bench.json`` and ``OUT/bench.md``: per row and action
+   mode (``mean``: deterministic, ``sample``), the in-context return of the first episode, the
+   mean of the last 5, the improvement (last 5 minus first) with mean ± std over seeds, the
+   context-free baselines (do nothing, random, the expert told the task), the targets, a paired
+   bootstrap interval of T2MIR-AD minus AD (last-5 return, over seeds x test tasks), and the plots
+   ``returns.png`` (in-context curves) and ``first_episode.png`` (reward per step in the first
+   episode, where Cheetah-Vel can adapt inside an episode).
+
+    python scripts/bench_t2mir.py --experiment t2mir_cheetahvel --seeds 0 1 2 --jobs 2 \\
+        --out results/t2mir/cheetahvel
+    python scripts/bench_t2mir.py --experiment t2mir_pointrobot --seeds 0 1 2 --jobs 2 \\
+        --out results/t2mir/pointrobot
+    python scripts/bench_t2mir.py --out results/t2mir/cheetahvel --aggregate-only
+    python scripts/bench_t2mir.py --experiment t2mir_smoke --seeds 0 --out /tmp/t2mir_bench  # seconds
+    python scripts/bench_t2mir.py --experiment t2mir_pointrobot --probe RUN_DIR
 
 ``--probe RUN_DIR`` diagnoses goal inference: every checkpoint in ``RUN_DIR/checkpoints`` plays one
-episode on the held-out tasks after a context of one episode taken from a fresh learning history
-of that task (no context; the history's first, exploratory episode; its middle; its last, expert
-episode). If the model plays well after an expert episode but not after the exploratory one, what
-it lacks is inferring the task from exploration, not generalising to new tasks.
-
-Prints a table and writes ``bench.json``, ``bench.md`` and ``returns.png`` into ``--out``
-(default ``outputs/bench_t2mir/<experiment>``). Re-running with the same ``--out`` resumes the
-per-seed runs from their checkpoints. Extra Hydra overrides go after ``--``.
+episode on the held-out tasks after a one-episode context taken from a fresh learning history of
+that task (no context; the history's first, exploratory episode; its middle; its last, expert
+episode). Training step times side by side: ``scripts/time_t2mir.py``. Extra Hydra overrides for
+every job go after ``--``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-from streammoe.cli import CONF_DIR
-from streammoe.control.t2mir.data import (
-    ContextSampler,
-    History,
-    collect_expert_anneal,
-    collect_sb3,
-    ensure_dataset,
-)
-from streammoe.control.t2mir.evaluate import play_episode, prefill_context
-from streammoe.control.t2mir.experiment import (
-    build_configs,
-    collector_spec,
-    family_from_config,
-    run_t2mir,
-)
-from streammoe.control.t2mir.model import ICRLTransformer
-from streammoe.control.t2mir.train import Trainer, load_checkpoint
-from streammoe.devices import resolve_device, seed_everything
-from streammoe.runs import format_table, pyplot, save_figure, to_jsonable
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from streammoe.runs import format_table, pyplot, save_figure, to_jsonable  # noqa: E402
+
+MODES = ("mean", "sample")
 
 
-def synthetic_histories(c: Any, obs_dim: int, act_dim: int) -> list[History]:
-    """Random histories of the experiment's shapes: a step's cost does not depend on the values,
-    so timing needs no (possibly hours-long) collection."""
-    rng = np.random.default_rng(0)
-    shape = (c.n_episodes, c.horizon)
-    return [History(rng.standard_normal((*shape, obs_dim)).astype(np.float32),
-                    rng.uniform(-1, 1, (*shape, act_dim)).astype(np.float32),
-                    -rng.random(shape).astype(np.float32), np.zeros(1, np.float32))
-            for _ in range(c.n_train_tasks)]
+@dataclass(frozen=True)
+class Row:
+    name: str
+    variant: str
+    overrides: tuple[str, ...] = ()
 
 
-def step_times(c: Any, device: torch.device, rounds: int, warmup: int = 3,
-               synthetic: bool = False) -> dict[str, float]:
-    """Median ms per training step of every variant, measured round-robin in one process."""
+ROWS = {
+    "ad": Row("ad", "ad"),
+    "t2mir": Row("t2mir", "t2mir"),
+    "token_moe": Row("token_moe", "token_moe"),
+    "no_cl": Row("no_cl", "t2mir_no_cl"),
+    "ctx1": Row("ctx1", "t2mir", ("t2mir.train.context_episodes=1", "t2mir.eval.context_episodes=1")),
+}
+
+
+def plan(experiment: str, out: Path, seeds: Sequence[int], ablation_seeds: Sequence[int],
+         control_seeds: Sequence[int], overrides: Sequence[str]) -> list[Any]:
+    from streammoe.jobs import Job
+
+    per_row = {"ad": seeds, "t2mir": seeds, "token_moe": ablation_seeds, "no_cl": ablation_seeds,
+               "ctx1": control_seeds}
+    jobs = []
+    for name, row_seeds in per_row.items():
+        row = ROWS[name]
+        for seed in row_seeds:
+            run_dir = out / "runs" / name / f"seed_{seed}"
+            cmd = [sys.executable, str(ROOT / "scripts" / "run.py"), f"experiment={experiment}", f"seed={seed}",
+                   f"t2mir.variants=[{row.variant}]", f"hydra.run.dir={run_dir}", "tensorboard=false",
+                   *row.overrides, *overrides]
+            jobs.append(Job(f"{name} seed={seed}", run_dir, cmd))
+    return jobs
+
+
+def collect(experiment: str, overrides: Sequence[str]) -> dict[str, Any]:
+    """Collect (or find) the histories every job trains on, before the jobs start in parallel."""
+    from hydra import compose, initialize_config_dir
+
+    from streammoe.cli import CONF_DIR  # importing the CLI registers the config schemas
+    from streammoe.control.t2mir.data import ensure_dataset
+    from streammoe.control.t2mir.experiment import collector_spec, family_from_config
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"experiment={experiment}", *overrides])
+    c = cfg.t2mir
     fam = family_from_config(c)
-    if synthetic:
-        env = fam.make_env(fam.train_tasks[0])
-        hist = synthetic_histories(c, env.observation_space.shape[0], env.action_space.shape[0])
-        env.close()
-    else:
-        _, _, hist = ensure_dataset(c.data_dir, fam, c.n_episodes, collector_spec(c), c.data_seed)
-    mcfg, tcfg = build_configs(c, fam, hist)
-    trainers = {v: Trainer(v, mcfg, tcfg, device,
-                            ContextSampler(hist, tcfg.context_episodes, tcfg.batch_size, 0, tcfg.sort_by_return), 0)
-                for v in c.variants}
-    times: dict[str, list[float]] = {v: [] for v in c.variants}
-    for r in range(warmup + rounds):
-        for v, tr in trainers.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            tr.train_step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if r >= warmup:
-                times[v].append(1000 * (time.perf_counter() - t0))
-    return {v: float(np.median(t)) for v, t in times.items()}
+    folder, manifest, hist = ensure_dataset(c.data_dir, fam, c.n_episodes, collector_spec(c), c.data_seed)
+    r = np.stack([h.returns for h in hist])
+    return {"folder": str(folder), "n_tasks": len(hist), "n_episodes": int(manifest["n_episodes"]),
+            "first_return": float(r[:, 0].mean()), "last_return": float(r[:, -1].mean()),
+            "returns_per_episode": r.mean(0).tolist()}
 
 
-def play_after_context(model: ICRLTransformer, fam: Any, tasks: np.ndarray, context: History | None,
-                       sample: bool, seed: int) -> np.ndarray:
-    """Return of one episode per task played after ``context`` (one episode per task, stacked
-    along the first axis of its arrays) is put in the KV cache."""
+# -------------------------------------------------------------------------------- aggregation
+def load(out: Path) -> dict[str, dict[int, dict[str, Any]]]:
+    """``{row: {seed: metrics}}`` of every finished job under ``OUT/runs``."""
+    found: dict[str, dict[int, dict[str, Any]]] = {}
+    for path in sorted((out / "runs").glob("*/seed_*/metrics.json")):
+        row, seed = path.parent.parent.name, int(path.parent.name.split("_")[1])
+        found.setdefault(row, {})[seed] = json.loads(path.read_text())
+    return found
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 5000, seed: int = 0) -> dict[str, float]:
+    """Mean of ``a - b`` (paired, same seeds and tasks) with a 95 % percentile bootstrap interval
+    resampling the pairs."""
+    d = (np.asarray(a) - np.asarray(b)).ravel()
+    rng = np.random.default_rng(seed)
+    boots = d[rng.integers(0, len(d), (n_boot, len(d)))].mean(1)
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return {"mean": float(d.mean()), "low": float(lo), "high": float(hi), "n_pairs": int(len(d))}
+
+
+def summarise(found: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
+    rows, curves, first_ep = [], {}, {}
+    per_task_last5: dict[tuple[str, str], dict[int, np.ndarray]] = {}
+    baselines: dict[str, list[float]] = {}
+    order = list(ROWS) + sorted(set(found) - set(ROWS))
+    for name in [n for n in order if n in found]:
+        by_seed = found[name]
+        row = ROWS[name] if name in ROWS else Row(name, name)
+        seeds = sorted(by_seed)
+        for mode in MODES:
+            if not all(mode in m["returns_per_task"].get(row.variant, {}) for m in by_seed.values()):
+                continue
+            per_task = {s: np.asarray(by_seed[s]["returns_per_task"][row.variant][mode]) for s in seeds}
+            curve = np.stack([per_task[s].mean(0) for s in seeds])  # (seeds, episodes)
+            k = min(5, curve.shape[1])
+            first, last5 = curve[:, 0], curve[:, -k:].mean(1)
+            improvement = last5 - first
+            per_task_last5[(name, mode)] = {s: per_task[s][:, -k:].mean(1) for s in seeds}
+            curves[f"{name} ({mode})"] = curve
+            first_ep[f"{name} ({mode})"] = np.stack(
+                [by_seed[s]["first_episode_step_rewards"][row.variant][mode] for s in seeds])
+            rows.append({"row": name, "variant": row.variant, "actions": mode, "seeds": seeds,
+                         "first_return": float(first.mean()), "first_std": float(first.std()),
+                         "last5_return": float(last5.mean()), "last5_std": float(last5.std()),
+                         "improvement": float(improvement.mean()), "improvement_std": float(improvement.std()),
+                         "train_ms_per_step": float(np.mean([by_seed[s][f"{row.variant}/ms_per_step"]
+                                                             for s in seeds]))})
+        for m in by_seed.values():
+            for key, value in m.items():
+                if key.startswith("baseline/"):
+                    baselines.setdefault(key.split("/", 1)[1].removesuffix("_return"), []).append(value)
+    base = {k: float(np.mean(v)) for k, v in baselines.items()}
+    return {"rows": rows, "baselines": base, "curves": curves, "first_episode": first_ep,
+            "per_task_last5": per_task_last5}
+
+
+def targets(summary: dict[str, Any], mode: str = "mean") -> dict[str, Any]:
+    """The issue's targets for T2MIR-AD (action mode ``mode``)."""
+    by = {(r["row"], r["actions"]): r for r in summary["rows"]}
+    t2, ad, ctx1 = by.get(("t2mir", mode)), by.get(("ad", mode)), by.get(("ctx1", mode))
+    out: dict[str, Any] = {"actions": mode}
+    if t2 is None:
+        return out
+    out["improvement"] = t2["improvement"]
+    out["improvement_seed_std"] = t2["improvement_std"]
+    # with one seed there is no spread to compare with: not decided
+    out["improvement_ge_3_std"] = (bool(t2["improvement"] >= 3 * t2["improvement_std"] and t2["improvement"] > 0)
+                                   if len(t2["seeds"]) >= 2 else None)
+    zero = summary["baselines"].get("zero")
+    if zero is not None:
+        out["last5_above_do_nothing"] = bool(t2["last5_return"] > zero)
+    if ctx1 is not None:
+        out["last5_above_ctx1_control"] = bool(t2["last5_return"] > ctx1["last5_return"])
+    if ad is not None:
+        a = summary["per_task_last5"][("t2mir", mode)]
+        b = summary["per_task_last5"][("ad", mode)]
+        common = sorted(set(a) & set(b))
+        if common:
+            diff = paired_bootstrap(np.stack([a[s] for s in common]), np.stack([b[s] for s in common]))
+            out["t2mir_minus_ad_last5"] = diff
+            out["t2mir_ge_ad"] = bool(diff["mean"] >= 0)
+    return out
+
+
+def _verdict(ok: bool | None) -> str:
+    return "n/a (one seed)" if ok is None else ("met" if ok else "MISSED")
+
+
+def render(report: dict[str, Any]) -> str:
+    lines = [f"T2MIR bench: {report['experiment']} (held-out tasks; mean ± std over seeds)", "",
+             "| row | actions | seeds | first episode | last 5 episodes | improvement | train ms/step |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in report["rows"]:
+        lines.append(f"| {r['row']} | {r['actions']} | {len(r['seeds'])} | {r['first_return']:.1f} ± "
+                     f"{r['first_std']:.1f} | {r['last5_return']:.1f} ± {r['last5_std']:.1f} | "
+                     f"{r['improvement']:+.1f} ± {r['improvement_std']:.1f} | {r['train_ms_per_step']:.0f} |")
+    for name, value in report["baselines"].items():
+        lines.append(f"| baseline: {name} | - | - | {value:.1f} | {value:.1f} | - | - |")
+    lines += ["", f"Learning histories: first episode {report['data']['first_return']:.1f}, "
+                  f"last {report['data']['last_return']:.1f} (training tasks)", ""]
+    for t in report["targets"]:
+        if "improvement" not in t:
+            continue
+        lines.append(f"Targets ({t['actions']} actions): improvement {t['improvement']:+.2f} vs 3 x seed std "
+                     f"{3 * t['improvement_seed_std']:.2f}: {_verdict(t['improvement_ge_3_std'])}; "
+                     f"above do-nothing: {t.get('last5_above_do_nothing')}; above ctx1 control: "
+                     f"{t.get('last5_above_ctx1_control')}")
+        if "t2mir_minus_ad_last5" in t:
+            d = t["t2mir_minus_ad_last5"]
+            lines.append(f"  T2MIR-AD - AD (last 5): {d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}] "
+                         f"over {d['n_pairs']} seed x task pairs: {'met' if t['t2mir_ge_ad'] else 'MISSED'}")
+    return "\n".join(lines)
+
+
+def plot(summary: dict[str, Any], out: Path, title: str) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for label, cur in summary["curves"].items():
+        x = np.arange(1, cur.shape[1] + 1)
+        m, s = cur.mean(0), cur.std(0)
+        line, = ax.plot(x, m, label=label, linestyle="-" if "(mean)" in label else "--")
+        ax.fill_between(x, m - s, m + s, alpha=0.12, color=line.get_color())
+    for name, value in summary["baselines"].items():
+        ax.axhline(value, color="grey", linewidth=0.8, linestyle=":")
+        ax.annotate(name, (1, value), fontsize=7, color="grey", va="bottom")
+    ax.set_xlabel("in-context episode")
+    ax.set_ylabel("return (held-out tasks; mean ± std over seeds)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=6, ncol=2)
+    save_figure(fig, out / "returns.png")
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for label, cur in summary["first_episode"].items():
+        ax.plot(np.arange(cur.shape[1]), cur.mean(0), label=label, linestyle="-" if "(mean)" in label else "--")
+    ax.set_xlabel("step of the first in-context episode (no context yet)")
+    ax.set_ylabel("reward (held-out tasks, mean over seeds)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=6, ncol=2)
+    save_figure(fig, out / "first_episode.png")
+
+
+def aggregate(out: Path, experiment: str, data: dict[str, Any], run: dict[str, Any] | None) -> dict[str, Any]:
+    summary = summarise(load(out))
+    report = {"experiment": experiment, "rows": summary["rows"], "baselines": summary["baselines"],
+              "targets": [targets(summary, m) for m in MODES], "data": data, "run": run,
+              "returns_per_episode": {k: v.mean(0).tolist() for k, v in summary["curves"].items()},
+              "returns_per_episode_per_seed": {k: v.tolist() for k, v in summary["curves"].items()},
+              "first_episode_step_rewards": {k: v.mean(0).tolist() for k, v in summary["first_episode"].items()}}
+    text = render(report)
+    print(text)
+    (out / "bench.json").write_text(json.dumps(to_jsonable(report), indent=2) + "\n")
+    (out / "bench.md").write_text(text + "\n")
+    if summary["curves"]:
+        plot(summary, out, f"{experiment}: in-context return on held-out tasks")
+    return report
+
+
+# -------------------------------------------------------------------------------- probe
+def play_after_context(model: Any, fam: Any, tasks: np.ndarray, context: Any, sample: bool, seed: int) -> np.ndarray:
+    """Return of one episode per task played after ``context`` (a History with one episode per
+    task stacked along its first axis, or None) is put in the KV cache."""
+    import torch
+
+    from streammoe.control.t2mir.evaluate import play_episode, prefill_context
+
     model.eval()
     cache = model.new_cache()
     if context is not None:
@@ -114,123 +293,85 @@ def play_after_context(model: ICRLTransformer, fam: Any, tasks: np.ndarray, cont
 
 def probe(c: Any, run_dir: Path, repeats: int = 4) -> list[dict[str, Any]]:
     """Held-out return after no context / the first / middle / last episode of a fresh history."""
+    from streammoe.control.t2mir.data import History, collect_expert_anneal, collect_sb3
+    from streammoe.control.t2mir.experiment import collector_spec, family_from_config
+    from streammoe.control.t2mir.expert import ensure_expert
+    from streammoe.control.t2mir.train import load_checkpoint
+
     fam = family_from_config(c)
     spec = collector_spec(c)
-    collect = {"expert_anneal": collect_expert_anneal, "sb3": collect_sb3}[spec["name"]]
+    collect_fn = {"expert_anneal": collect_expert_anneal, "sb3": collect_sb3}[spec["name"]]
     kwargs = {k: v for k, v in spec.items() if k != "name"}
-    hists = [collect(fam, task, c.n_episodes, 999 + i, **kwargs) for i, task in enumerate(fam.test_tasks)]
+    if kwargs.get("expert") is not None:
+        kwargs["expert"] = ensure_expert(c.data_dir, fam, kwargs["expert"], c.data_seed)[1].act
+    hists = [collect_fn(fam, task, c.n_episodes, 999 + i, **kwargs) for i, task in enumerate(fam.test_tasks)]
     picks = {"none": None, "first (exploration)": 0, "middle": c.n_episodes // 2, "last": c.n_episodes - 1}
     rows = []
     for ck in sorted((run_dir / "checkpoints").glob("*.safetensors")):
         model, _ = load_checkpoint(ck)
         for label, ep in picks.items():
+            row: dict[str, Any] = {"variant": ck.stem, "context episode": label,
+                                   "context return": None if ep is None else float(np.mean([h.returns[ep] for h in hists]))}
             ctx = None if ep is None else History(
                 np.stack([h.observations[ep] for h in hists]), np.stack([h.actions[ep] for h in hists]),
                 np.stack([h.rewards[ep] for h in hists]), np.zeros(0))
-            row: dict[str, Any] = {"variant": ck.stem, "context episode": label,
-                                   "context return": None if ep is None else float(np.mean([h.returns[ep] for h in hists]))}
             for sample in (True, False):
-                played = [play_after_context(model, fam, fam.test_tasks, ctx, sample, seed=r) for r in range(repeats)]
+                played = [play_after_context(model, fam, fam.test_tasks, ctx, sample, seed=r).mean()
+                          for r in range(repeats)]
                 row["sampled" if sample else "mean action"] = float(np.mean(played))
             rows.append(row)
     return rows
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--experiment", default="t2mir_pointrobot")
+    ap.add_argument("--experiment", default="t2mir_cheetahvel")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--ablation-seeds", type=int, nargs="*", default=[0])
+    ap.add_argument("--control-seeds", type=int, nargs="*", default=None, help="default: --seeds")
+    ap.add_argument("--jobs", type=int, default=2, help="subprocesses at a time")
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads per job")
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--timing-rounds", type=int, default=20)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
-    ap.add_argument("--timing-only", action="store_true",
-                    help="only the side-by-side step timing, on synthetic data of the right shapes "
-                         "(e.g. the full Cheetah-Vel config on a GPU vs the CPU)")
-    ap.add_argument("--probe", type=Path, default=None, metavar="RUN_DIR",
-                    help="diagnose goal inference of the checkpoints in RUN_DIR/checkpoints (see above)")
-    ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. t2mir.train.steps=500")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    out = args.out or Path("outputs/bench_t2mir") / args.experiment
+    ap.add_argument("--aggregate-only", action="store_true")
+    ap.add_argument("--probe", type=Path, default=None, metavar="RUN_DIR")
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides for every job (after --)")
+    args = ap.parse_args(argv)
+    out = args.out or ROOT / "outputs" / "bench_t2mir" / args.experiment
     out.mkdir(parents=True, exist_ok=True)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"experiment={args.experiment}", *args.overrides])
-    c = cfg.t2mir
-    device = resolve_device(args.device)
-
     if args.probe is not None:
-        rows = probe(c, args.probe)
-        print(format_table(rows, title=f"T2MIR probe: {args.probe}, one episode on {c.n_test_tasks} held-out "
-                                       "tasks after a one-episode context (mean of 4 repeats)"))
+        from hydra import compose, initialize_config_dir
+
+        from streammoe.cli import CONF_DIR  # importing the CLI registers the config schemas
+
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=[f"experiment={args.experiment}", *args.overrides])
+        rows = probe(cfg.t2mir, args.probe)
+        print(format_table(rows, title=f"T2MIR probe: {args.probe}"))
         (out / "probe.json").write_text(json.dumps({"run_dir": str(args.probe), "rows": rows}, indent=2) + "\n")
-        return
+        return 0
+    plan_file = out / "plan.json"
+    if args.aggregate_only:
+        saved = json.loads(plan_file.read_text()) if plan_file.is_file() else {}
+        old = json.loads((out / "bench.json").read_text()) if (out / "bench.json").is_file() else {}
+        aggregate(out, saved.get("experiment", args.experiment), old.get("data", {}), old.get("run"))
+        return 0
+    from streammoe.jobs import run_jobs
 
-    if args.timing_only:
-        timing = step_times(c, device, args.timing_rounds, synthetic=True)
-        rows = [{"variant": v, "train_ms_per_step": t, "time_vs_ad": t / timing.get("ad", t)}
-                for v, t in timing.items()]
-        title = (f"T2MIR step time: {args.experiment} (batch {c.train.batch_size}, "
-                 f"{3 * c.horizon * c.train.context_episodes} tokens), device {device}, "
-                 f"{args.threads} thread(s)")
-        print(format_table(rows, title=title))
-        (out / f"timing_{device.type}.json").write_text(json.dumps(
-            {"experiment": args.experiment, "device": str(device), "threads": args.threads,
-             "rows": rows}, indent=2) + "\n")
-        return
-
-    per_seed: dict[int, dict[str, Any]] = {}
-    for seed in args.seeds:
-        seed_everything(seed)
-        print(f"== seed {seed} ==", flush=True)
-        per_seed[seed] = run_t2mir(c, out / f"seed_{seed}", seed=seed, device_name=args.device)
-
-    timing = step_times(c, device, args.timing_rounds)
-    rows = []
-    curves = {}
-    for v in c.variants:
-        cur = np.array([per_seed[s]["returns_per_episode"][v] for s in args.seeds])  # (seeds, episodes)
-        curves[v] = cur
-        first, last = cur[:, 0], cur[:, -1]
-        rows.append({
-            "variant": v, "first_return": float(first.mean()), "first_std": float(first.std()),
-            "last_return": float(last.mean()), "last_std": float(last.std()),
-            "improvement": float((last - first).mean()),
-            "train_ms_per_step": timing[v], "time_vs_ad": timing[v] / timing.get("ad", timing[v]),
-        })
-    data_first = float(np.mean([per_seed[s]["data_first_return"] for s in args.seeds]))
-    data_last = float(np.mean([per_seed[s]["data_last_return"] for s in args.seeds]))
-    title = (f"T2MIR bench: {args.experiment}, seeds {args.seeds}, {c.train.steps} steps, "
-             f"{c.eval.n_episodes} in-context episodes on {c.n_test_tasks} held-out tasks, device {device}")
-    table = format_table(rows, title=title)
-    print(table)
-    print(f"learning histories (train tasks): first episode {data_first:.2f}, last {data_last:.2f}")
-    result = {"experiment": args.experiment, "seeds": args.seeds, "device": str(device),
-              "threads": args.threads, "config": OmegaConf.to_container(c, resolve=True), "rows": rows,
-              "returns_per_episode": {v: cur.mean(0).tolist() for v, cur in curves.items()},
-              "returns_per_episode_per_seed": {v: cur.tolist() for v, cur in curves.items()},
-              "data_first_return": data_first, "data_last_return": data_last}
-    (out / "bench.json").write_text(json.dumps(to_jsonable(result), indent=2) + "\n")
-    (out / "bench.md").write_text(f"```\n{table}\n```\n")
-    _plot(curves, out / "returns.png", args.experiment)
-    print(f"wrote {out / 'bench.json'}")
-
-
-def _plot(curves: dict[str, np.ndarray], path: Path, name: str) -> None:
-    plt = pyplot()
-
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    for v, cur in curves.items():
-        x = np.arange(1, cur.shape[1] + 1)
-        m, s = cur.mean(0), cur.std(0)
-        ax.plot(x, m, label=v)
-        ax.fill_between(x, m - s, m + s, alpha=0.15)
-    ax.set_xlabel("in-context episode")
-    ax.set_ylabel("return (held-out tasks, mean over seeds)")
-    ax.set_title(name)
-    ax.legend(fontsize=8)
-    save_figure(fig, path)
+    control = args.seeds if args.control_seeds is None else args.control_seeds
+    plan_file.write_text(json.dumps({"experiment": args.experiment, "seeds": args.seeds,
+                                     "ablation_seeds": args.ablation_seeds, "control_seeds": control,
+                                     "overrides": args.overrides}, indent=2) + "\n")
+    data = collect(args.experiment, args.overrides)
+    print(f"histories: {data['folder']} (first episode {data['first_return']:.1f}, "
+          f"last {data['last_return']:.1f})", flush=True)
+    jobs = plan(args.experiment, out, args.seeds, args.ablation_seeds, control, args.overrides)
+    ran = run_jobs(jobs, args.jobs, cwd=ROOT, resume=True, threads=args.threads)
+    aggregate(out, args.experiment, data, ran)
+    if ran["failures"]:
+        print(f"{len(ran['failures'])} jobs FAILED: " + ", ".join(f["log"] for f in ran["failures"]))
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

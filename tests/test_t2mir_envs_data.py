@@ -103,7 +103,7 @@ def test_expert_anneal_history_improves() -> None:
     assert h.observations.shape == (20, 20, 2) and h.actions.shape == (20, 20, 2)
     assert h.returns[-5:].mean() > h.returns[:5].mean() + 5.0
     assert np.abs(h.actions).max() <= 1.0
-    with pytest.raises(ValueError, match="sb3"):
+    with pytest.raises(ValueError, match="needs a learned expert"):
         collect_expert_anneal(task_family("cheetah_vel", 1, 1), np.array([1.0]), 2, 0)
 
 

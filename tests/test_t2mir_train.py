@@ -4,6 +4,7 @@ of evaluation, checkpoint round-trip and corruption, and the Hydra smoke experim
 from __future__ import annotations
 
 import json
+import sys
 
 import imageio_ffmpeg
 import numpy as np
@@ -135,11 +136,20 @@ def test_smoke_experiment_end_to_end_and_resume(make_config, tmp_path) -> None:
     metrics = run_experiment(cfg, run_dir)
     curves = metrics["returns_per_episode"]
     assert set(curves) == {"ad", "t2mir", "token_moe", "t2mir_no_cl"}
-    assert all(len(c) == 3 and all(np.isfinite(c)) for c in curves.values())
-    for name in ("returns.png", "expert_assignment_t2mir.png", "metrics.csv", "checkpoints/t2mir.safetensors"):
+    assert all(set(c) == {"mean", "sample"} for c in curves.values())  # deterministic and sampled
+    assert all(len(c) == 3 and all(np.isfinite(c)) for by_mode in curves.values() for c in by_mode.values())
+    for name in ("returns.png", "first_episode_rewards.png", "expert_assignment_t2mir.png", "metrics.csv",
+                 "checkpoints/t2mir.safetensors", "eval/t2mir_mean.safetensors", "eval/t2mir_sample.safetensors"):
         assert (run_dir / name).is_file(), name
+    for mode in ("mean", "sample"):
+        summary = {k: metrics[f"t2mir/{mode}/{k}"] for k in ("first_return", "last5_return", "improvement")}
+        assert summary["improvement"] == pytest.approx(summary["last5_return"] - summary["first_return"])
+        assert len(metrics["first_episode_step_rewards"]["t2mir"][mode]) == 6  # one per step
+    assert metrics["baseline/expert_return"] > metrics["baseline/zero_return"]
+    assert metrics["eval_protocol"] == {"context": "best_sorted", "context_episodes": 2, "window": "random_sorted",
+                                        "n_episodes": 3}
     # a real, decodable video: 3 in-context episodes x (6 steps + the reset frame)
-    n_frames, _ = imageio_ffmpeg.count_frames_and_secs(str(run_dir / "rollout_t2mir.mp4"))
+    n_frames, _ = imageio_ffmpeg.count_frames_and_secs(str(run_dir / "rollout_t2mir_mean.mp4"))
     assert n_frames == 3 * 7
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert saved["returns_per_episode"] == curves
@@ -150,7 +160,7 @@ def test_smoke_experiment_end_to_end_and_resume(make_config, tmp_path) -> None:
     assert (run_dir / "metrics.csv").read_text() == rows_before
 
 
-def test_probe_episode_matches_in_context_evaluation(small, tmp_path) -> None:
+def test_probe_episode_matches_in_context_evaluation(small, tmp_path, monkeypatch) -> None:
     """scripts/bench_t2mir.py --probe plays with the same cached decoding as the evaluation."""
     import importlib.util
     from pathlib import Path
@@ -158,6 +168,7 @@ def test_probe_episode_matches_in_context_evaluation(small, tmp_path) -> None:
     path = Path(__file__).resolve().parents[1] / "scripts" / "bench_t2mir.py"
     spec = importlib.util.spec_from_file_location("bench_t2mir", path)
     bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # its dataclasses look their module up there
     spec.loader.exec_module(bench)
     fam, hist, mcfg, tcfg = small
     model, _ = train_variant("t2mir", mcfg, tcfg, hist, CPU, seed=0)

@@ -126,9 +126,14 @@ class MobileManipulatorEnv(MujocoEnv):
         return float(np.mean(np.abs(self.data.actuator_force) / self._force_limit))
 
     def feasibility(self) -> dict[str, float]:
-        """Per-step figures the evaluation averages: |joint velocity|, |torque|, tilt."""
+        """Per-step figures the evaluation averages: |joint velocity|, |torque|, tilt, and the
+        chassis' roll and pitch (signed, rad: the passive suspension's joint angles). The root
+        height is not among them: the base hovers at a fixed height (no vertical joint), so it
+        is constant and the body cannot fall."""
+        q = self.data.qpos
         return {"joint_velocity": float(np.abs(self.data.qvel[self._act_v]).mean()),
-                "torque": float(np.abs(self.data.actuator_force).mean()), "tilt": self.tilt}
+                "torque": float(np.abs(self.data.actuator_force).mean()), "tilt": self.tilt,
+                "roll": float(q[self._qpos_idx["chassis_roll"]]), "pitch": float(q[self._qpos_idx["chassis_pitch"]])}
 
     # ----------------------------------------------------------------- gymnasium API
     def _ctrl(self, action: np.ndarray) -> np.ndarray:

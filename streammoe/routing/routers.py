@@ -2,8 +2,9 @@
 
 Both routers own a ``torch.Generator``: weight init, dropout and gate noise draw from it and never
 from torch's global generator, so two routers built with the same ``seed`` behave identically
-whatever else the process does (River's ``check_estimator`` tests exactly that). The generator's
-state travels with ``pickle`` and ``copy.deepcopy`` (``state_dict`` holds weights only).
+whatever else the process does (River's ``check_estimator`` tests exactly that). A router moved to
+a GPU draws there, from a generator of its own on that device (:class:`SeededModule`). The
+generators' states travel with ``pickle`` and ``copy.deepcopy`` (``state_dict`` holds weights only).
 
 >>> import torch
 >>> r = MLPRouter(4, n_experts=3, hidden=(8,), seed=0)
@@ -36,7 +37,17 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 
 
 class SeededModule(nn.Module):
-    """An ``nn.Module`` with its own CPU ``torch.Generator`` that survives pickling and copying."""
+    """An ``nn.Module`` with its own ``torch.Generator`` that survives pickling and copying.
+
+    ``generator`` is a CPU generator (weight init, and every draw while the module works on the
+    CPU). When the module's parameters move to another device (``.to("cuda")``), it also gets a
+    generator on that device, seeded like the CPU one at its creation (``seed``, or the CPU
+    generator's initial seed), so noise and dropout masks are drawn where they are used, without a
+    host-to-device copy per forward. Draws on CPU tensors always come from ``generator``, so the
+    numbers on a CPU are those of a module that never moved; a device's stream is its own
+    (another algorithm) and not equal to the CPU's. :meth:`generators` lists them all by device,
+    for checkpoints.
+    """
 
     def __init__(self, seed: int | None = None) -> None:
         super().__init__()
@@ -46,24 +57,75 @@ class SeededModule(nn.Module):
             self.generator.seed()
         else:
             self.generator.manual_seed(int(seed))
+        self._device_generators: dict[str, torch.Generator] = {}
+        self._pending_states: dict[str, Tensor] = {}  # unpickled where the device was absent
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["generator"] = self.generator.get_state()
+        states = {**self._pending_states,
+                  **{dev: g.get_state() for dev, g in self._device_generators.items()}}
+        state.pop("_device_generators", None)
+        state["_pending_states"] = states
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         gen_state = state.pop("generator")
+        state.setdefault("_pending_states", {})
         self.__dict__.update(state)
         self.generator = torch.Generator()
         self.generator.set_state(gen_state)
+        self._device_generators = {}
+        for dev in list(self._pending_states):
+            if _device_available(torch.device(dev)):
+                self.device_generator(torch.device(dev))  # takes the pending state
+
+    def device_generator(self, device: torch.device | str) -> torch.Generator:
+        """The module's generator on ``device`` (``generator`` on the CPU), created on first use."""
+        device = torch.device(device)
+        if device.type == "cpu":
+            return self.generator
+        if device.index is None and device.type == "cuda":
+            device = torch.device("cuda", torch.cuda.current_device())
+        key = str(device)
+        gen = self._device_generators.get(key)
+        if gen is None:
+            gen = torch.Generator(device=device)
+            pending = self._pending_states.pop(key, None)
+            if pending is not None:
+                gen.set_state(pending)
+            else:
+                gen.manual_seed(self.generator.initial_seed())
+            self._device_generators[key] = gen
+        return gen
+
+    def generators(self) -> dict[str, torch.Generator]:
+        """Every generator of the module by device: ``{"cpu": generator, "cuda:0": ..., ...}``."""
+        return {"cpu": self.generator, **self._device_generators}
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> SeededModule:
+        # .to() / .cuda() end here: give the module a generator where its parameters now live,
+        # so that it exists (and can take a checkpoint's state) before the first forward.
+        super()._apply(fn, *args, **kwargs)
+        param = next(self.parameters(), None)
+        if param is not None and param.device.type != "cpu" and _device_available(param.device):
+            self.device_generator(param.device)
+        return self
 
     def _rand(self, shape: Sequence[int] | torch.Size, like: Tensor) -> Tensor:
         """Uniform [0, 1) draws from the module's generator, on ``like``'s device and dtype."""
-        return torch.rand(tuple(shape), generator=self.generator).to(like.device, like.dtype)
+        if like.device.type == "cpu":
+            return torch.rand(tuple(shape), generator=self.generator).to(like.dtype)
+        # drawn in float32 as on the CPU (the same numbers whatever ``like``'s precision)
+        gen = self.device_generator(like.device)
+        return torch.rand(tuple(shape), generator=gen, device=like.device).to(like.dtype)
 
     def _randn(self, shape: Sequence[int] | torch.Size, like: Tensor) -> Tensor:
-        return torch.randn(tuple(shape), generator=self.generator).to(like.device, like.dtype)
+        """Standard normal draws from the module's generator, on ``like``'s device and dtype."""
+        if like.device.type == "cpu":
+            return torch.randn(tuple(shape), generator=self.generator).to(like.dtype)
+        gen = self.device_generator(like.device)
+        return torch.randn(tuple(shape), generator=gen, device=like.device).to(like.dtype)
 
     def _dropout(self, x: Tensor, p: float) -> Tensor:
         """Inverted dropout whose mask comes from the module's generator (active in training)."""
@@ -71,6 +133,14 @@ class SeededModule(nn.Module):
             return x
         keep = (self._rand(x.shape, x) >= p).to(x.dtype)
         return x * keep / (1.0 - p)
+
+
+def _device_available(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
+    if device.type == "meta":
+        return False
+    return True
 
 
 def _init_linear(layer: nn.Linear, init: str, generator: torch.Generator) -> None:
@@ -170,7 +240,8 @@ class NoisyTopKRouter(SeededModule):
     ``H(x) = x W_g + eps * (softplus(x W_noise) + min_noise_std)`` during training, ``eps ~ N(0,1)``
     from the router's generator; weights = softmax over the top-k of ``H``. ``W_noise`` starts at
     zero so the initial noise std is ``log 2 + min_noise_std``. ``load`` is the smooth estimate
-    ``P(H_i(x) in top-k)`` from the paper, so the balance loss has a gradient.
+    ``P(H_i(x) in top-k)`` from the paper, so the balance loss has a gradient. Under
+    ``torch.autocast`` the router still computes in its parameters' precision (float32).
     """
 
     def __init__(
@@ -197,6 +268,15 @@ class NoisyTopKRouter(SeededModule):
         if x.shape[-1] != self.in_dim:
             raise ValueError(f"router expects {self.in_dim} input features, got {x.shape[-1]}")
         flat = x.reshape(-1, self.in_dim)
+        if torch.is_autocast_enabled(flat.device.type):
+            # Route in the parameters' precision (float32), not autocast's bfloat16 / float16:
+            # low precision turns near ties between experts into different top-k choices (the
+            # Switch Transformer keeps its router in float32 for the same reason).
+            with torch.autocast(flat.device.type, enabled=False):
+                return self._route(flat.to(self.w_gate.weight.dtype), x.shape[:-1])
+        return self._route(flat, x.shape[:-1])
+
+    def _route(self, flat: Tensor, batch_shape: torch.Size) -> RouterOutput:
         clean = self.w_gate(flat)
         use_noise = self.noisy and self.training
         if use_noise:
@@ -209,8 +289,7 @@ class NoisyTopKRouter(SeededModule):
         if use_noise and self.k < self.n_experts:
             load = self._smooth_load(clean, logits, std)
         else:
-            load = (weights > 0).to(x.dtype).sum(0)
-        batch_shape = x.shape[:-1]
+            load = (weights > 0).to(weights.dtype).sum(0)
         return RouterOutput(
             logits=logits.reshape(*batch_shape, self.n_experts),
             weights=weights.reshape(*batch_shape, self.n_experts),
@@ -226,7 +305,12 @@ class NoisyTopKRouter(SeededModule):
         threshold_in = top[:, self.k : self.k + 1]
         threshold_out = top[:, self.k - 1 : self.k]
         is_in = noisy > threshold_in
-        normal = torch.distributions.Normal(0.0, 1.0)
-        prob_in = normal.cdf((clean - threshold_in) / std)
-        prob_out = normal.cdf((clean - threshold_out) / std)
+        prob_in = _normal_cdf((clean - threshold_in) / std)
+        prob_out = _normal_cdf((clean - threshold_out) / std)
         return torch.where(is_in, prob_in, prob_out).sum(0)
+
+
+def _normal_cdf(z: Tensor) -> Tensor:
+    """Standard normal CDF, in closed form: ``torch.distributions.Normal(0, 1).cdf`` computes exactly
+    this, but first validates its argument (a device-to-host synchronisation per call)."""
+    return 0.5 * (1.0 + torch.erf(z / math.sqrt(2.0)))

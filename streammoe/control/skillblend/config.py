@@ -13,6 +13,8 @@ a GPU, ``cuda`` without one is an error.
 
 from __future__ import annotations
 
+import math
+import multiprocessing
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,10 +31,11 @@ from streammoe.config import (
     validate,
 )
 
-__all__ = ["METHODS", "PPOSettings", "SkillBlendConfig", "SkillBlendExperiment", "SkillTrainingConfig",
-           "SkillTrainingExperiment", "SkillsConfig", "validated", "validated_skills"]
+__all__ = ["METHODS", "VEC_ENVS", "PPOSettings", "SkillBlendConfig", "SkillBlendExperiment",
+           "SkillTrainingConfig", "SkillTrainingExperiment", "SkillsConfig", "validated", "validated_skills"]
 
 METHODS = ("blend", "hard", "flat")
+VEC_ENVS = ("dummy", "subproc")  # SB3 DummyVecEnv (one process) | SubprocVecEnv (one process per env)
 
 
 @dataclass
@@ -132,6 +135,9 @@ class SkillBlendConfig:
     blender_sees_rates: bool = MISSING
     goal_gain: float = MISSING
     eval_episodes: int = MISSING
+    curve_at: list[int] = MISSING      # env steps of the learning curve's evaluations (before timesteps)
+    vec_env: str = MISSING             # dummy | subproc
+    tilt_limit: float = MISSING        # rad; an episode tilting more is infeasible (feasible_rate)
     checkpoint_every: int = MISSING
     resume: str | None = MISSING
     video_episodes: int = MISSING
@@ -149,6 +155,18 @@ class SkillBlendConfig:
         at_least(f"{at}threads", self.threads, 1)
         greater_than(f"{at}gate_temperature", self.gate_temperature, 0.0)
         greater_than(f"{at}goal_gain", self.goal_gain, 0.0)
+        one_of(f"{at}vec_env", self.vec_env, VEC_ENVS)
+        if self.vec_env == "subproc" and "fork" not in multiprocessing.get_all_start_methods():
+            raise ConfigError(f"{at}vec_env=subproc needs the fork start method (Linux, macOS); "
+                              f"use {at}vec_env=dummy")
+        in_range(f"{at}tilt_limit", self.tilt_limit, 0.0, math.pi / 2, low_open=True)
+        for i, steps in enumerate(self.curve_at):
+            if not 1 <= steps < self.timesteps:
+                raise ConfigError(f"{at}curve_at[{i}] must be in [1, {at}timesteps={self.timesteps}), got "
+                                  f"{steps}: the final evaluation covers the budget itself; drop the point "
+                                  f"or raise {at}timesteps")
+            if i and steps <= self.curve_at[i - 1]:
+                raise ConfigError(f"{at}curve_at must increase, got {list(self.curve_at)}")
         _check_run_sizes(self, at)
 
 

@@ -1,8 +1,10 @@
-"""Evaluation of any policy on a SkillBlender env: task error, success and feasibility over
-episodes with noise off; per-joint blend weights over an episode (plot); rollout video."""
+"""Evaluation of any policy on a SkillBlender env: task success (with its 95 % Wilson interval),
+task error and feasibility over episodes with noise off; per-joint blend weights over an episode
+(plot); rollout video."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,49 +17,97 @@ from streammoe_envs.skillblend.base import ACTUATED_JOINTS
 from streammoe.runs import pyplot, save_figure
 from streammoe.video import record_episodes
 
-__all__ = ["evaluate", "plot_blend_weights", "record_rollout", "rollout_blend_weights"]
+__all__ = ["FEASIBILITY_KEYS", "episode_feasibility", "evaluate", "plot_blend_weights", "record_rollout",
+           "rollout_blend_weights", "wilson_interval"]
 
 PolicyFn = Callable[[np.ndarray], np.ndarray]
+Z95 = 1.959963984540054  # two-sided 95 % normal quantile
+#: Per-episode feasibility figures :func:`evaluate` averages (what the paper's logger computes
+#: and this body has; see ``docs/skillblender.md`` for the ones it lacks).
+FEASIBILITY_KEYS = ("energy", "joint_velocity", "torque", "tilt", "tilt_max", "roll", "pitch")
 
 
-def evaluate(policy: PolicyFn, env_id: str, n_episodes: int, seed: int, **make_kwargs: Any
-             ) -> dict[str, float]:
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a success rate (``successes`` of ``n`` Bernoulli trials); 95 %
+    by default. Unlike the normal approximation it stays inside [0, 1] and is not empty at 0 %
+    or 100 % (0 of 50: [0, 0.071])."""
+    if isinstance(n, bool) or int(n) != n or n < 1:
+        raise ValueError(f"n must be a positive whole number of trials, got {n!r}")
+    if not 0 <= successes <= n or int(successes) != successes:
+        raise ValueError(f"successes must be a whole number in [0, n={n}], got {successes!r}")
+    p, z2 = successes / n, z * z
+    denom = 1.0 + z2 / n
+    centre = (p + z2 / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
+    low = 0.0 if successes == 0 else max(0.0, centre - half)  # exact ends (rounding gives 1e-17)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
+
+
+def evaluate(policy: PolicyFn, env_id: str, n_episodes: int, seed: int, tilt_limit: float | None = None,
+             **make_kwargs: Any) -> dict[str, float]:
     """Run ``n_episodes`` (seeds ``seed, seed+1, ...``); the task error is read at the last step.
-    ``make_kwargs`` go to ``gym.make`` (e.g. ``max_episode_steps``).
+    ``make_kwargs`` go to ``gym.make`` (e.g. ``max_episode_steps``). A policy with memory (e.g.
+    the scripted box pusher of ``diagnose.py``) has a ``reset()`` method, called before each
+    episode.
 
-    Feasibility: ``joint_velocity`` = mean |actuated joint velocity|, ``torque`` = mean |actuator
-    force|, ``energy`` = per-episode mean |qvel| x mean |torque| averaged over episodes, ``tilt`` =
-    mean chassis tilt (rad), ``tilt_max`` = largest tilt seen.
+    Success: ``success_rate`` (share of episodes whose ``info["success"]`` holds at the last
+    step), ``successes`` and its 95 % Wilson interval ``success_ci_low`` / ``success_ci_high``.
+
+    Feasibility (the paper's logger's measures this body has): ``joint_velocity`` = mean
+    |actuated joint velocity|, ``torque`` = mean |actuator force|, ``energy`` = per-episode mean
+    |qvel| x mean |torque| averaged over episodes, ``tilt`` = mean chassis tilt (rad, the angle
+    between the chassis' up axis and the world's), ``tilt_max`` = largest tilt seen, ``roll`` /
+    ``pitch`` = mean |chassis roll| / |pitch| (the passive suspension's angles). With
+    ``tilt_limit``: ``feasible_rate`` = share of episodes whose tilt never exceeds it (the body
+    cannot fall: its base hovers at a fixed height).
     """
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
+    if tilt_limit is not None and not tilt_limit > 0:
+        raise ValueError(f"tilt_limit must be > 0 rad (or None), got {tilt_limit!r}")
     env = gym.make(env_id, **make_kwargs)
-    errors, successes, qvel, torque, energy, tilt, tilt_max, returns = ([] for _ in range(8))
+    reset_policy = getattr(policy, "reset", None)
+    errors, successes, returns = [], [], []
+    per_episode: dict[str, list[float]] = {k: [] for k in FEASIBILITY_KEYS}
     try:
         for ep in range(n_episodes):
+            if reset_policy is not None:
+                reset_policy()
             obs, _ = env.reset(seed=seed + ep)
             done, ep_return, steps = False, 0.0, []
             while not done:
                 obs, reward, terminated, truncated, info = env.step(policy(obs))
                 ep_return += reward
-                steps.append((info["joint_velocity"], info["torque"], info["tilt"]))
+                steps.append((info["joint_velocity"], info["torque"], info["tilt"], abs(info["roll"]),
+                              abs(info["pitch"])))
                 done = terminated or truncated
-            v, t, tl = np.array(steps).T
             errors.append(info["error"])
-            successes.append(float(info["success"]))
-            qvel.append(v.mean())
-            torque.append(t.mean())
-            energy.append(v.mean() * t.mean())
-            tilt.append(tl.mean())
-            tilt_max.append(tl.max())
+            successes.append(bool(info["success"]))
             returns.append(ep_return)
+            for key, value in episode_feasibility(np.array(steps)).items():
+                per_episode[key].append(value)
     finally:
         env.close()
-    return {"final_error_mean": float(np.mean(errors)), "final_error_std": float(np.std(errors)),
-            "success_rate": float(np.mean(successes)), "energy": float(np.mean(energy)),
-            "joint_velocity": float(np.mean(qvel)), "torque": float(np.mean(torque)),
-            "tilt": float(np.mean(tilt)), "tilt_max": float(np.max(tilt_max)),
-            "episode_return": float(np.mean(returns)), "eval_episodes": n_episodes}
+    k = int(sum(successes))
+    low, high = wilson_interval(k, n_episodes)
+    out = {"final_error_mean": float(np.mean(errors)), "final_error_std": float(np.std(errors)),
+           "success_rate": k / n_episodes, "successes": k, "success_ci_low": low, "success_ci_high": high}
+    out.update({key: float(np.max(v) if key == "tilt_max" else np.mean(v)) for key, v in per_episode.items()})
+    if tilt_limit is not None:
+        out["feasible_rate"] = float(np.mean(np.array(per_episode["tilt_max"]) <= tilt_limit))
+        out["tilt_limit"] = float(tilt_limit)
+    out.update(episode_return=float(np.mean(returns)), eval_episodes=n_episodes)
+    return out
+
+
+def episode_feasibility(steps: np.ndarray) -> dict[str, float]:
+    """One episode's feasibility figures from its per-step rows (|joint velocity|, |torque|,
+    tilt, |roll|, |pitch|): means, ``energy`` = mean |qvel| x mean |torque|, ``tilt_max``."""
+    v, t, tilt, roll, pitch = np.asarray(steps, dtype=float).T
+    return {"energy": float(v.mean() * t.mean()), "joint_velocity": float(v.mean()), "torque": float(t.mean()),
+            "tilt": float(tilt.mean()), "tilt_max": float(tilt.max()), "roll": float(roll.mean()),
+            "pitch": float(pitch.mean())}
 
 
 def record_rollout(policy: PolicyFn, env_id: str, path: Path, n_episodes: int, seed: int,

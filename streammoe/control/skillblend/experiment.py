@@ -12,6 +12,8 @@ video and, for blenders, plot the per-joint blend weights over an episode.
 
 from __future__ import annotations
 
+import json
+import multiprocessing
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 from streammoe_envs.skillblend import ENV_IDS, PROPRIO_DIM, PROPRIO_RATES, SKILL_ENVS, TASK_ENVS
 
 from streammoe.control.skillblend.checkpoint import (
@@ -33,7 +35,7 @@ from streammoe.control.skillblend.checkpoint import (
     learn_resumable,
     resume_or_build,
 )
-from streammoe.control.skillblend.config import METHODS, validated, validated_skills
+from streammoe.control.skillblend.config import METHODS, VEC_ENVS, validated, validated_skills
 from streammoe.control.skillblend.evaluate import (
     evaluate,
     plot_blend_weights,
@@ -52,9 +54,11 @@ from streammoe.devices import resolve_device
 from streammoe.routing import RoutingStats
 from streammoe.runs import RunRecorder
 
-__all__ = ["METHODS", "ensure_skills", "make_model", "run", "train_skill", "train_skills"]
+__all__ = ["CURVE_FILE", "METHODS", "CurveCallback", "ensure_skills", "make_model", "make_vec", "run",
+           "train_skill", "train_skills"]
 
 INFO_KEYS = ("error", "success")
+CURVE_FILE = "curve.json"
 
 
 # ---------------------------------------------------------------------- shared pieces
@@ -73,10 +77,22 @@ def skill_env_kwargs(sk: DictConfig, name: str) -> dict[str, Any]:
 
 
 def make_vec(env_id: str, n_envs: int, seed: int, episode_steps: int | None = None,
-             extra: dict[str, Any] | None = None) -> VecEnv:
-    """SB3 DummyVecEnv with Monitor wrappers that also record the final task error."""
+             extra: dict[str, Any] | None = None, vec_env: str = "dummy") -> VecEnv:
+    """SB3 vectorised env with Monitor wrappers that also record the final task error.
+    ``vec_env``: ``dummy`` (``DummyVecEnv``: all envs in this process, stepped one after another)
+    or ``subproc`` (``SubprocVecEnv``: one process per env, started by ``fork``, so the workers
+    inherit the registered env ids; platforms without ``fork`` are refused). Both give the same
+    transitions (same seeds), so a run's results do not depend on it."""
+    if vec_env not in VEC_ENVS:
+        raise ValueError(f"vec_env must be one of {VEC_ENVS}, got {vec_env!r}")
+    if vec_env == "subproc":
+        if "fork" not in multiprocessing.get_all_start_methods():
+            raise ValueError("vec_env='subproc' needs the fork start method (Linux, macOS); use vec_env='dummy'")
+        kw: dict[str, Any] = {"vec_env_cls": SubprocVecEnv, "vec_env_kwargs": {"start_method": "fork"}}
+    else:
+        kw = {"vec_env_cls": DummyVecEnv}
     return make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs(episode_steps, extra),
-                        monitor_kwargs={"info_keywords": INFO_KEYS})
+                        monitor_kwargs={"info_keywords": INFO_KEYS}, **kw)
 
 
 def ppo_kwargs(ppo: DictConfig) -> dict[str, Any]:
@@ -106,6 +122,59 @@ class RecorderCallback(BaseCallback):
         self.recorder.log(phase=self.phase, env_steps=self.num_timesteps, episode_return=mean("r"),
                           final_error=mean("error"), success_rate=mean("success"),
                           steps_per_s=self.num_timesteps / (time.perf_counter() - self.start))
+
+
+class CurveCallback(BaseCallback):
+    """Learning curve: a noise-off evaluation (``evaluate_fn(model)``) at the first rollout
+    boundary at or after each of ``points`` env steps. A point is exactly the model a run with
+    that budget ends with (PPO's schedules are constant, and the evaluation draws no random
+    numbers, so training is unchanged by it). Points go to ``path`` (JSON) as they come; a run
+    resumed from a checkpoint keeps the points up to the checkpoint, read from ``earlier`` (the
+    ``curve.json`` of the run it resumes; default ``path``), and evaluates the rest. Points beyond
+    the last rollout boundary are left for the caller (:meth:`finish`: the final evaluation)."""
+
+    def __init__(self, points: list[int], evaluate_fn: Any, path: Path, start_steps: int = 0,
+                 earlier: Path | None = None) -> None:
+        super().__init__()
+        self.points = sorted(int(p) for p in points)
+        self.evaluate_fn, self.path = evaluate_fn, Path(path)
+        earlier = Path(earlier) if earlier is not None else self.path
+        self.done: list[dict[str, Any]] = []
+        if start_steps > 0 and earlier.is_file():  # resumed: keep what the stopped run evaluated
+            old = json.loads(earlier.read_text())["points"]
+            self.done = [p for p in old if p["env_steps"] <= start_steps]
+        self._write()
+        self.seconds = 0.0  # evaluation time, left out of the training throughput
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _due(self, steps: int) -> list[int]:
+        recorded = {p["at"] for p in self.done}
+        return [p for p in self.points if p <= steps and p not in recorded]
+
+    def _on_rollout_start(self) -> None:
+        due = self._due(self.model.num_timesteps)
+        if due:
+            start = time.perf_counter()
+            metrics = self.evaluate_fn(self.model)
+            self.seconds += time.perf_counter() - start
+            self._record(due, self.model.num_timesteps, metrics)
+
+    def _record(self, due: list[int], steps: int, metrics: dict[str, Any]) -> None:
+        self.done += [{"at": p, "env_steps": int(steps), **metrics} for p in due]
+        self._write()
+
+    def _write(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"points": self.done}, indent=1) + "\n")
+        tmp.replace(self.path)
+
+    def finish(self, budget: int, steps: int, metrics: dict[str, Any]) -> list[dict[str, Any]]:
+        """Add the final evaluation (``metrics`` at ``steps`` env steps) as the point of the run's
+        ``budget`` and of every requested point no rollout boundary reached; the whole curve."""
+        self._record([*self._due(steps), int(budget)], steps, metrics)
+        return list(self.done)
 
 
 def skill_policy_fn(skill: MLPSkill):
@@ -229,24 +298,34 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if c.method != "flat":
         skills, skills_dir = ensure_skills(c.skills, c.skills_dir, run_dir, cfg.seed, device, rec, skills_resume)
     env_id = ENV_IDS[c.task]
+    eval_kw = env_kwargs(c.episode_steps)
     meta = {"phase": f"task_{c.task}_{c.method}", "env_id": env_id, "n_envs": int(c.n_envs), "seed": int(cfg.seed)}
     model = resume_or_build(resume_dir, meta, lambda: make_model(
-        c.method, make_vec(env_id, c.n_envs, cfg.seed, c.episode_steps), skills, c, cfg.seed, device,
-        rec.sb3_tensorboard_log(c.method)))
-    callbacks = [RecorderCallback(rec, c.method),
+        c.method, make_vec(env_id, c.n_envs, cfg.seed, c.episode_steps, vec_env=c.vec_env), skills, c, cfg.seed,
+        device, rec.sb3_tensorboard_log(c.method)))
+
+    def evaluate_model(m: PPO) -> dict[str, Any]:  # the same episodes at every curve point and at the end
+        return evaluate(model_policy_fn(m), env_id, c.eval_episodes, 10_000 + cfg.seed, tilt_limit=c.tilt_limit,
+                        **eval_kw)
+
+    curve = CurveCallback(list(c.curve_at), evaluate_model, run_dir / CURVE_FILE, model.num_timesteps,
+                          earlier=resume_dir.parent / CURVE_FILE if resume_dir is not None else None)
+    callbacks = [RecorderCallback(rec, c.method), curve,
                  PeriodicCheckpoint(run_dir / CHECKPOINT_DIR, meta, int(c.checkpoint_every))]
-    start = time.perf_counter()
+    start, start_steps = time.perf_counter(), model.num_timesteps
     learn_resumable(model, int(c.timesteps), callbacks)
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start - curve.seconds  # training only (a resumed run: since the resume)
     model.get_env().close()
     model.save(run_dir / "model.zip")
 
-    eval_kw = env_kwargs(c.episode_steps)
-    metrics: dict[str, Any] = {"task": c.task, "method": c.method}
     policy = model_policy_fn(model)
-    metrics.update(evaluate(policy, env_id, c.eval_episodes, 10_000 + cfg.seed, **eval_kw))
+    final = evaluate_model(model)
+    trained = model.num_timesteps - start_steps
+    metrics: dict[str, Any] = {"task": c.task, "method": c.method, "seed": int(cfg.seed), **final}
     metrics.update(train_steps=model.num_timesteps, train_seconds=seconds,
-                   train_steps_per_s=model.num_timesteps / seconds, device=device)
+                   train_steps_per_s=trained / seconds if trained else float("nan"), device=device,
+                   vec_env=c.vec_env, resumed_at_steps=start_steps,
+                   curve=curve.finish(int(c.timesteps), model.num_timesteps, final))
     if c.video_episodes:
         _, metrics["video_frames"] = record_rollout(policy, env_id, run_dir / f"{c.task}_{c.method}.mp4",
                                                     c.video_episodes, 20_000 + cfg.seed, **eval_kw)

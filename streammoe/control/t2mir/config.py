@@ -30,6 +30,8 @@ from streammoe.config import (
     one_of,
     validate,
 )
+from streammoe.control.t2mir.data import WINDOWS
+from streammoe.control.t2mir.evaluate import ACTION_MODES, CONTEXTS
 from streammoe.control.t2mir.model import VARIANTS
 
 __all__ = ["CollectorConfig", "T2MIRConfig", "T2MIRExperiment", "T2MIRModelSettings",
@@ -110,6 +112,7 @@ class T2MIRTrainSettings:
     batch_size: int = MISSING            # B/2 tasks x 2 windows (contrastive positives)
     context_episodes: int = MISSING
     sort_by_return: bool = MISSING
+    window: str = MISSING                # random_sorted | consecutive
     lr: float = MISSING
     weight_decay: float = MISSING
     warmup_steps: int = MISSING
@@ -121,6 +124,7 @@ class T2MIRTrainSettings:
     ema_tau: float = MISSING
     log_every: int = MISSING
     ckpt_every: int = MISSING
+    precision: str = MISSING             # fp32 (TF32 matmuls on CUDA) | bf16 (autocast)
 
     def check(self, at: str) -> None:
         at_least(f"{at}steps", self.steps, 1)
@@ -128,6 +132,7 @@ class T2MIRTrainSettings:
         if self.batch_size % 2:
             raise ConfigError(f"{at}batch_size must be even (two views per task), got {self.batch_size}")
         at_least(f"{at}context_episodes", self.context_episodes, 1)
+        one_of(f"{at}window", self.window, WINDOWS)
         greater_than(f"{at}lr", self.lr, 0.0)
         at_least(f"{at}weight_decay", self.weight_decay, 0.0)
         at_least(f"{at}warmup_steps", self.warmup_steps, 0)
@@ -139,19 +144,54 @@ class T2MIRTrainSettings:
         in_range(f"{at}ema_tau", self.ema_tau, 0.0, 1.0, low_open=True)
         at_least(f"{at}log_every", self.log_every, 1)
         at_least(f"{at}ckpt_every", self.ckpt_every, 1)
+        one_of(f"{at}precision", self.precision, ("fp32", "bf16"))
+
+
+@dataclass
+class CheetahExpertSettings:
+    """``t2mir.expert``: the goal-conditioned SAC expert of Cheetah-Vel's ``expert_anneal`` histories."""
+
+    steps: int = MISSING
+    target_range: list[float] = MISSING
+    hidden: list[int] = MISSING
+    lr: float = MISSING
+    batch_size: int = MISSING
+    learning_starts: int = MISSING
+    settle_steps: int = MISSING
+    max_error: float = MISSING
+
+    def check(self, at: str) -> None:
+        at_least(f"{at}steps", self.steps, 1)
+        if len(self.target_range) != 2 or not self.target_range[0] < self.target_range[1]:
+            raise ConfigError(f"{at}target_range must be [low, high] with low < high, got {list(self.target_range)}")
+        non_empty(f"{at}hidden", self.hidden)
+        for i, h in enumerate(self.hidden):
+            at_least(f"{at}hidden[{i}]", h, 1)
+        greater_than(f"{at}lr", self.lr, 0.0)
+        at_least(f"{at}batch_size", self.batch_size, 1)
+        at_least(f"{at}learning_starts", self.learning_starts, 0)
+        at_least(f"{at}settle_steps", self.settle_steps, 0)
+        greater_than(f"{at}max_error", self.max_error, 0.0)
 
 
 @dataclass
 class T2MIREvalSettings:
     n_episodes: int = MISSING
     context_episodes: int | None = MISSING   # None: as in training
-    sample: bool = MISSING
+    context: str = MISSING                   # best_sorted | recent
+    actions: list[str] = MISSING             # mean (deterministic) and/or sample
     video: bool = MISSING
 
     def check(self, at: str) -> None:
         at_least(f"{at}n_episodes", self.n_episodes, 1)
         if self.context_episodes is not None:
             at_least(f"{at}context_episodes", self.context_episodes, 1)
+        one_of(f"{at}context", self.context, CONTEXTS)
+        non_empty(f"{at}actions", self.actions)
+        for i, mode in enumerate(self.actions):
+            one_of(f"{at}actions[{i}]", mode, ACTION_MODES)
+        if len(set(self.actions)) != len(self.actions):
+            raise ConfigError(f"{at}actions lists a mode twice: {list(self.actions)}")
 
 
 @dataclass
@@ -167,6 +207,7 @@ class T2MIRConfig:
     data_seed: int = MISSING
     n_episodes: int = MISSING
     collector: CollectorConfig = MISSING
+    expert: CheetahExpertSettings | None = None  # Cheetah-Vel's learned expert (expert_anneal)
     variants: list[str] = MISSING
     model: T2MIRModelSettings = MISSING
     train: T2MIRTrainSettings = MISSING
@@ -178,9 +219,9 @@ class T2MIRConfig:
         at_least(f"{at}n_test_tasks", self.n_test_tasks, 1)
         at_least(f"{at}horizon", self.horizon, 1)
         at_least(f"{at}n_episodes", self.n_episodes, 1)
-        if self.collector.name == "expert_anneal" and self.family != "point_robot":
-            raise ConfigError(f"{at}collector.name=expert_anneal has an analytic expert for "
-                              f"point_robot only, not {self.family!r}; use {at}collector.name=sb3")
+        if self.collector.name == "expert_anneal" and self.family != "point_robot" and self.expert is None:
+            raise ConfigError(f"{at}collector.name=expert_anneal on {self.family!r} needs a learned expert: "
+                              f"set the {at}expert block (see conf/experiment/t2mir_cheetahvel.yaml)")
         non_empty(f"{at}variants", self.variants)
         for i, variant in enumerate(self.variants):
             one_of(f"{at}variants[{i}]", variant, VARIANTS)

@@ -3,13 +3,16 @@
 A *learning history* is one task's episodes in the order a learner produced them, so returns rise
 along it; Algorithm Distillation learns to continue that improvement in context. Two collectors:
 
-* ``expert_anneal`` (cheap default, Point-Robot): an analytic goal-conditioned expert with
-  AD-epsilon noise annealing: in episode ``i`` each action is random with probability ``eps_i``
-  (linear from 1 to 0 over the first ``anneal_fraction`` of the history), otherwise the expert's
-  action plus Gaussian noise ``action_noise``. Random actions are iid uniform or, with
-  ``noise_correlation > 0``, a temporally correlated AR(1) process (exploration that travels).
+* ``expert_anneal`` (the default): a goal-conditioned expert with AD-epsilon noise annealing: in
+  episode ``i`` each action is random with probability ``eps_i`` (linear from 1 to 0 over the
+  first ``anneal_fraction`` of the history), otherwise the expert's action plus Gaussian noise
+  ``action_noise``. Random actions are iid uniform or, with ``noise_correlation > 0``, a
+  temporally correlated AR(1) process (exploration that travels). The expert is analytic on
+  Point-Robot and a SAC actor trained once on all target velocities on Cheetah-Vel
+  (:mod:`streammoe.control.t2mir.expert`); it sees the task, the logged observations never do.
 * ``sb3``: a Stable-Baselines3 learner (PPO or SAC) trained from scratch on each task; every
-  episode it plays while learning is logged in order (the AD recipe; Cheetah-Vel).
+  episode it plays while learning is logged in order (the AD recipe; at CPU budgets its Cheetah-Vel
+  histories never got better than standing still).
 
 A dataset is a folder with ``task_000.npz`` ... (``observations (E, H, obs_dim)``, ``actions
 (E, H, act_dim)``, ``rewards (E, H)``, ``task``) and ``manifest.json`` (family, collector and its
@@ -25,7 +28,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -39,6 +42,7 @@ from streammoe.runs import progress
 
 __all__ = [
     "MANIFEST_FORMAT",
+    "WINDOWS",
     "History",
     "ContextSampler",
     "collect_expert_anneal",
@@ -88,8 +92,11 @@ def _rollout(env: gym.Env, policy: Any, seed: int | None) -> tuple[np.ndarray, n
 
 def collect_expert_anneal(family: TaskFamily, task: np.ndarray, n_episodes: int, seed: int,
                           anneal_fraction: float = 0.75, action_noise: float = 0.1,
-                          noise_correlation: float = 0.0, explore_std: float = 0.6) -> History:
-    """Noise-annealed rollouts of the analytic goal-conditioned expert (Point-Robot only).
+                          noise_correlation: float = 0.0, explore_std: float = 0.6,
+                          expert: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> History:
+    """Noise-annealed rollouts of a goal-conditioned expert: ``expert(obs, task) -> action``
+    (default: the analytic Point-Robot expert; Cheetah-Vel needs a learned one, e.g.
+    :meth:`~streammoe.control.t2mir.expert.CheetahExpert.act`).
 
     ``noise_correlation = 0``: the random actions are independent uniform draws (a diffusion that
     covers ~0.3 of the unit-distance task in 20 steps). ``> 0``: they follow a clipped AR(1)
@@ -97,13 +104,17 @@ def collect_expert_anneal(family: TaskFamily, task: np.ndarray, n_episodes: int,
     (temporally correlated exploration, as DDPG's Ornstein-Uhlenbeck noise): the exploratory
     episode travels further, so its rewards say more about where the goal is.
     """
-    if family.name != "point_robot":
-        raise ValueError(f"collector expert_anneal has an analytic expert for point_robot only, not "
-                         f"{family.name!r}; use collector=sb3")
+    if expert is None:
+        if family.name != "point_robot":
+            raise ValueError(f"collector expert_anneal has an analytic expert for point_robot only; "
+                             f"{family.name!r} needs a learned expert (expert=...)")
+        def expert(obs: np.ndarray, goal: np.ndarray) -> np.ndarray:
+            return point_robot_expert(obs, goal)
     if not 0.0 <= noise_correlation < 1.0:
         raise ValueError(f"noise_correlation must be in [0, 1), got {noise_correlation}")
     rng = np.random.default_rng(seed)
     env = family.make_env(task)
+    act_dim = int(np.prod(env.action_space.shape))
     anneal_eps = max(1, round(anneal_fraction * n_episodes))
     rho = noise_correlation
     episodes = []
@@ -111,15 +122,15 @@ def collect_expert_anneal(family: TaskFamily, task: np.ndarray, n_episodes: int,
         eps = max(0.0, 1.0 - i / anneal_eps)
         # AR(1) state, stationary N(0, 1) from the first step (drawn only when used, so the
         # uncorrelated default reproduces earlier datasets exactly)
-        z = rng.standard_normal(2) if rho > 0.0 else np.zeros(2)
+        z = rng.standard_normal(act_dim) if rho > 0.0 else np.zeros(act_dim)
 
         def policy(obs: np.ndarray, eps: float = eps, z: np.ndarray = z) -> np.ndarray:
             if rng.random() < eps:
                 if rho == 0.0:
-                    return rng.uniform(-1.0, 1.0, 2)
-                z[:] = rho * z + np.sqrt(1.0 - rho**2) * rng.standard_normal(2)  # the episode's AR(1) state
+                    return rng.uniform(-1.0, 1.0, act_dim)
+                z[:] = rho * z + np.sqrt(1.0 - rho**2) * rng.standard_normal(act_dim)  # the episode's AR(1) state
                 return np.clip(explore_std * z, -1.0, 1.0)
-            a = point_robot_expert(obs, task) + action_noise * rng.standard_normal(2)
+            a = np.asarray(expert(obs, task), np.float64).reshape(-1) + action_noise * rng.standard_normal(act_dim)
             return np.clip(a, -1.0, 1.0)
 
         episodes.append(_rollout(env, policy, seed=int(rng.integers(2**31)) if i == 0 else None))
@@ -269,6 +280,13 @@ def ensure_dataset(data_dir: str | Path, family: TaskFamily, n_episodes: int,
         fns = {"expert_anneal": collect_expert_anneal, "sb3": collect_sb3}
         if collector["name"] not in fns:
             raise ValueError(f"unknown collector {collector['name']!r}; choose {sorted(fns)}")
+        if kwargs.get("expert") is not None:  # a learned expert (Cheetah-Vel): trained once, cached
+            from streammoe.control.t2mir.expert import ensure_expert
+
+            _, expert, _ = ensure_expert(data_dir, family, kwargs["expert"], seed)
+            kwargs["expert"] = expert.act
+        else:
+            kwargs.pop("expert", None)
         def tb(i: int) -> dict[str, Any]:
             if collector["name"] != "sb3" or tensorboard_log is None:
                 return {}
@@ -292,8 +310,19 @@ def ensure_dataset(data_dir: str | Path, family: TaskFamily, n_episodes: int,
 
 # ----- context sampling -------------------------------------------------------------------------
 
+WINDOWS = ("random_sorted", "consecutive")
+
+
 class ContextSampler:
-    """Batches of ``context_episodes`` consecutive episodes from the learning histories.
+    """Batches of contexts of ``context_episodes`` episodes from the learning histories.
+
+    ``window`` picks the episodes of a context:
+
+    * ``random_sorted`` (the reference's protocol, default): ``context_episodes`` distinct episodes
+      drawn at random from the task's history and put in order of return, so every context shows
+      improvement and spans much of the history's range;
+    * ``consecutive``: a run of consecutive episodes of the history (AD's original protocol), in
+      the learner's order or, with ``sort_by_return``, of the history sorted by return.
 
     Each batch holds ``batch_size / 2`` distinct tasks, each twice with independently drawn
     windows: the two views are the positives of the contrastive task-routing loss. The sampler's
@@ -301,18 +330,22 @@ class ContextSampler:
     """
 
     def __init__(self, histories: list[History], context_episodes: int, batch_size: int, seed: int,
-                 sort_by_return: bool = False) -> None:
+                 sort_by_return: bool = False, window: str = "random_sorted") -> None:
         if batch_size < 2 or batch_size % 2:
             raise ValueError(f"batch_size must be even and >= 2 (two views per task), got {batch_size}")
+        if window not in WINDOWS:
+            raise ValueError(f"unknown context window {window!r}; choose one of {list(WINDOWS)}")
         n_ep = histories[0].rewards.shape[0]
         if not 1 <= context_episodes <= n_ep:
             raise ValueError(f"context_episodes must be in [1, {n_ep}], got {context_episodes}")
+        self.window = window
         # sort_by_return: order each history by episode return (the reference's recipe), so every
         # window shows steady improvement rather than the learner's noisy ups and downs.
         order = [np.argsort(h.returns, kind="stable") if sort_by_return else np.arange(n_ep)
                  for h in histories]
         self.obs, self.act, self.rew = (np.stack([getattr(h, field)[o] for h, o in zip(histories, order)])
                                         for field in ("observations", "actions", "rewards"))
+        self.returns = self.rew.sum(2)  # (tasks, episodes), in the stored order
         self.k, self.batch_size = context_episodes, batch_size
         self.rng = np.random.default_rng(seed)
         self.horizon = self.rew.shape[2]
@@ -331,10 +364,15 @@ class ContextSampler:
         half = self.batch_size // 2
         tasks = self.rng.choice(n_tasks, half, replace=n_tasks < half)
         ids = np.concatenate([tasks, tasks])
-        starts = self.rng.integers(0, n_ep - self.k + 1, size=len(ids))
-        eps = starts[:, None] + np.arange(self.k)[None, :]  # (B, K)
-        pick = (ids[:, None], eps)
         b = len(ids)
+        if self.window == "consecutive":
+            starts = self.rng.integers(0, n_ep - self.k + 1, size=b)
+            eps = starts[:, None] + np.arange(self.k)[None, :]  # (B, K)
+        else:  # k distinct episodes per context (argsort of uniform keys), then in return order
+            eps = np.argsort(self.rng.random((b, n_ep)), axis=1)[:, :self.k]
+            ret = self.returns[ids[:, None], eps]
+            eps = np.take_along_axis(eps, np.argsort(ret, axis=1, kind="stable"), axis=1)
+        pick = (ids[:, None], eps)
         t = np.tile(np.arange(self.horizon), self.k)[None].repeat(b, 0)
         return {
             "obs": self.obs[pick].reshape(b, self.k * self.horizon, -1),

@@ -1,10 +1,20 @@
 """In-context evaluation on held-out tasks: no weight updates, N consecutive episodes per task.
 
 All test tasks run side by side as one batch. At the start of each episode the KV cache is rebuilt
-from the last ``context_episodes - 1`` finished episodes (one pass over the prefix, exactly what a
-whole-sequence forward would compute); within the episode every env step costs one cached pass
-over the new tokens ``(a_{t-1}, r_{t-1}, s_t)``. Actions are sampled from the predicted Gaussian
-(``sample=True``, the exploration AD learned from noisy early history) or its mean.
+from ``context_episodes - 1`` finished episodes (one pass over the prefix, exactly what a
+whole-sequence forward would compute), chosen by ``context``:
+
+* ``best_sorted`` (the reference's protocol, default): the best ``context_episodes - 1`` previous
+  episodes of the task, in order of return, then the episode being played: the order training's
+  ``random_sorted`` windows have (the newest, best-so-far episode last);
+* ``recent``: the ``context_episodes - 1`` most recent episodes in the order they were played
+  (AD's original protocol, for ``consecutive`` training windows).
+
+Within the episode every env step costs one cached pass over the new tokens
+``(a_{t-1}, r_{t-1}, s_t)``. Actions are the predicted Gaussian's mean (``sample=False``,
+deterministic, the reference's evaluation) or drawn from it (``sample=True``, the exploration AD
+learned from noisy early history). What the envs return is checked in numpy as it arrives; the
+model's own input checks (a host sync each on a GPU) run once per prefill, not per token.
 
 Progress is saved after every episode when ``state_path`` is given (``eval/<variant>.safetensors``
 in a run folder, :mod:`streammoe.checkpoint`'s format: nothing in it is unpickled); calling again
@@ -29,16 +39,22 @@ from streammoe.control.t2mir.model import ICRLTransformer, KVCache
 from streammoe.runs import progress
 from streammoe.video import write_mp4
 
-__all__ = ["EvalResult", "evaluate_in_context", "play_episode", "prefill_context", "read_eval_state"]
+__all__ = ["ACTION_MODES", "CONTEXTS", "EvalResult", "baseline_returns", "context_episodes_for",
+           "evaluate_in_context", "play_episode", "prefill_context", "read_eval_state"]
 
 EVAL_KIND = "streammoe.t2mir.eval"
 EVAL_VERSION = 2  # 1: a torch.save pickle (eval/<variant>.pt), no longer read
 EVAL_LABEL = "T2MIR evaluation state"
 
 
+CONTEXTS = ("best_sorted", "recent")
+ACTION_MODES = {"mean": False, "sample": True}  # t2mir.eval.actions -> evaluate_in_context's sample
+
+
 @dataclass
 class EvalResult:
     returns: np.ndarray  # (n_tasks, n_episodes)
+    rewards: np.ndarray  # (n_tasks, n_episodes, horizon) every step's reward
     task_expert_counts: np.ndarray | None  # (n_tasks, n_episodes, n_task_experts) top-k picks
     token_expert_counts: np.ndarray | None  # (n_tasks, n_episodes, n_token_experts)
 
@@ -59,8 +75,9 @@ def prefill_context(model: ICRLTransformer, cache: KVCache, obs: np.ndarray, act
     device = next(model.parameters()).device
     n, s = rew.shape
     t_idx = np.tile(np.arange(horizon), s // horizon)[None].repeat(n, 0)
-    model.run_tokens(model.embed_steps(*(torch.as_tensor(np.asarray(a), device=device)
-                                         for a in (obs, act, rew, t_idx))), cache)
+    steps = [torch.as_tensor(np.asarray(a), device=device) for a in (obs, act, rew, t_idx)]
+    model.check_inputs(*steps)  # once per prefill (one host sync), not per token
+    model.run_tokens(model.embed_steps(*steps), cache)
 
 
 @torch.no_grad()
@@ -103,6 +120,9 @@ def play_episode(model: ICRLTransformer, envs: list[Any], cache: KVCache, horizo
         if frames is not None:
             frames.append(envs[0].render())
         if t + 1 < horizon:
+            if not (np.isfinite(rew).all() and np.isfinite(obs).all()):
+                bad = [i for i in range(n) if not (np.isfinite(rew[i]) and np.isfinite(obs[i]).all())]
+                raise ValueError(f"env(s) {bad} returned a NaN or inf observation or reward at step {t}")
             ti = tt(np.full((n, 1), t, np.int64))
             pending = torch.cat([model.embed_action(tt(act_np)[:, None], ti),
                                  model.embed_reward(tt(rew)[:, None], ti),
@@ -110,16 +130,39 @@ def play_episode(model: ICRLTransformer, envs: list[Any], cache: KVCache, horizo
     return obs_hist, act_hist, rew_hist
 
 
+def context_episodes_for(returns: np.ndarray, m: int, context: str) -> np.ndarray:
+    """Indices ``(n_tasks, min(m, done))`` of the finished episodes (``returns (n_tasks, done)``)
+    that form the context: the ``m`` best in increasing order of return (``best_sorted``; of two
+    equal returns the earlier episode ranks higher) or the ``m`` most recent in play order (``recent``).
+
+    >>> context_episodes_for(np.array([[-5.0, -1.0, -3.0, -2.0]]), 2, "best_sorted").tolist()
+    [[3, 1]]
+    >>> context_episodes_for(np.array([[-5.0, -1.0, -3.0, -2.0]]), 2, "recent").tolist()
+    [[2, 3]]
+    """
+    n, done = returns.shape
+    m = min(m, done)
+    if m <= 0:
+        return np.zeros((n, 0), np.int64)
+    if context == "recent":
+        return np.tile(np.arange(done - m, done), (n, 1))
+    order = np.argsort(-returns, axis=1, kind="stable")[:, :m]  # the best m, best first
+    return np.ascontiguousarray(order[:, ::-1])  # worst of them first, best last
+
+
 @torch.no_grad()
 def evaluate_in_context(model: ICRLTransformer, family: TaskFamily, tasks: np.ndarray,
                         n_episodes: int, context_episodes: int, seed: int, sample: bool = True,
                         state_path: Path | None = None, stop_after: int | None = None,
-                        video_path: Path | None = None) -> EvalResult:
-    """Play ``n_episodes`` in context on every task of ``tasks``; ``stop_after`` stops early
-    (the saved state lets a later call finish the evaluation). ``video_path``: an MP4 of the first
-    task's episodes played in this call (``horizon + 1`` frames per episode)."""
+                        video_path: Path | None = None, context: str = "best_sorted") -> EvalResult:
+    """Play ``n_episodes`` in context on every task of ``tasks``; ``context`` picks the previous
+    episodes kept as context (module docstring); ``stop_after`` stops early (the saved state lets
+    a later call finish the evaluation). ``video_path``: an MP4 of the first task's episodes played
+    in this call (``horizon + 1`` frames per episode)."""
     if context_episodes < 1:
         raise ValueError(f"context_episodes must be >= 1, got {context_episodes}")
+    if context not in CONTEXTS:
+        raise ValueError(f"unknown evaluation context {context!r}; choose one of {list(CONTEXTS)}")
     model.eval()
     n, horizon = len(tasks), family.horizon
     if horizon > model.cfg.horizon:
@@ -139,7 +182,8 @@ def evaluate_in_context(model: ICRLTransformer, family: TaskFamily, tasks: np.nd
     gen = torch.Generator().manual_seed(seed)
     start = 0
     settings = {"tasks": np.asarray(tasks).tolist(), "n_episodes": int(n_episodes),
-                "context_episodes": int(context_episodes), "seed": int(seed), "sample": bool(sample)}
+                "context_episodes": int(context_episodes), "seed": int(seed), "sample": bool(sample),
+                "context": context}
     if state_path is not None:
         ckpt.refuse_legacy(state_path, state_path.with_suffix(".pt"), EVAL_LABEL)
     if state_path is not None and state_path.is_file():
@@ -160,11 +204,12 @@ def evaluate_in_context(model: ICRLTransformer, family: TaskFamily, tasks: np.nd
     end = n_episodes if stop_after is None else min(n_episodes, stop_after)
     for ep in progress(range(start, end), desc="in-context eval"):
         cache: KVCache = model.new_cache()
-        lo = max(0, ep - (context_episodes - 1))
-        if ep > lo:  # rebuild the cache from the previous episodes kept as context
-            s = (ep - lo) * horizon
-            prefill_context(model, cache, hist_obs[:, lo:ep].reshape(n, s, obs_dim),
-                            hist_act[:, lo:ep].reshape(n, s, act_dim), hist_rew[:, lo:ep].reshape(n, s),
+        keep = context_episodes_for(returns[:, :ep], context_episodes - 1, context)  # (n, m)
+        if keep.shape[1]:  # rebuild the cache from the previous episodes kept as context
+            s = keep.shape[1] * horizon
+            rows = np.arange(n)[:, None]
+            prefill_context(model, cache, hist_obs[rows, keep].reshape(n, s, obs_dim),
+                            hist_act[rows, keep].reshape(n, s, act_dim), hist_rew[rows, keep].reshape(n, s),
                             horizon)
         seeds = [seed + i if ep == 0 else None for i in range(n)]
         hist_obs[:, ep], hist_act[:, ep], hist_rew[:, ep] = play_episode(
@@ -181,7 +226,7 @@ def evaluate_in_context(model: ICRLTransformer, family: TaskFamily, tasks: np.nd
         env.close()
     if video_path is not None and frames:
         write_mp4(frames, video_path, fps=family.metadata_fps)
-    return EvalResult(returns, task_counts, token_counts)
+    return EvalResult(returns, hist_rew, task_counts, token_counts)
 
 
 def read_eval_state(path: str | Path, settings: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -192,3 +237,22 @@ def read_eval_state(path: str | Path, settings: dict[str, Any] | None = None) ->
                      match=None if settings is None else {"evaluation": settings},
                      hints={"evaluation": "It belongs to a different evaluation (tasks or episode count "
                                           "differ): delete it, or use another run folder."}).state
+
+
+def baseline_returns(family: TaskFamily, tasks: np.ndarray, policy: Callable[[np.ndarray, int], np.ndarray],
+                     n_episodes: int, seed: int) -> np.ndarray:
+    """Returns ``(n_tasks, n_episodes)`` of a policy that needs no context: ``policy(obs, task_index)``
+    (do nothing, random actions, or the expert that is told the task)."""
+    out = np.zeros((len(tasks), n_episodes))
+    for i, task in enumerate(tasks):
+        env = family.make_env(task)
+        for ep in range(n_episodes):
+            obs, _ = env.reset(seed=seed + 1000 * i + ep)
+            done = False
+            while not done:
+                obs, r, term, trunc, _ = env.step(policy(obs, i))
+                out[i, ep] += float(r)
+                done = term or trunc
+        env.close()
+    return out
+

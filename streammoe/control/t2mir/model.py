@@ -206,8 +206,10 @@ class ICRLTransformer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        with torch.random.fork_rng(devices=[]):  # seeded weights, global RNG left untouched
-            torch.manual_seed(cfg.seed)
+        # Seeded weights, global RNGs left untouched: the weights are drawn on the CPU, so only the
+        # CPU generator is seeded (torch.manual_seed would also reseed every GPU's generator).
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(cfg.seed)
             self._build(cfg)
 
     def _build(self, cfg: ModelConfig) -> None:
@@ -231,28 +233,67 @@ class ICRLTransformer(nn.Module):
         self.register_buffer("rew_std", torch.ones(()))
 
     # ----- embeddings -------------------------------------------------------------------------
-    def _check(self, name: str, x: Tensor, last: int | None) -> None:
-        if last is not None and x.shape[-1] != last:
-            raise ValueError(f"{name} has {x.shape[-1]} features, the model expects {last}")
-        if not torch.isfinite(x).all():
-            raise ValueError(f"{name} contains NaN or inf")
+    # The embedders check nothing (a check reads the data back to the host, once per call: per env
+    # step in evaluation); validate a batch or an episode once with :meth:`check_inputs`.
+    def check_inputs(self, obs: Tensor | None = None, act: Tensor | None = None, rew: Tensor | None = None,
+                     t: Tensor | None = None) -> None:
+        """Raise ``ValueError`` naming the input if steps are unusable: features per step
+        (``obs (..., obs_dim)``, ``act (..., act_dim)``), leading shapes that disagree (``rew`` and
+        ``t`` are ``obs``'s without its last dimension; ``t`` may broadcast), NaN or inf, timesteps
+        that are not integers in ``[0, horizon)``. Any subset may be given; costs one host
+        synchronisation for all of them."""
+        lead: list[tuple[str, tuple[int, ...]]] = []
+        for name, x, last in (("observations", obs, self.cfg.obs_dim), ("actions", act, self.cfg.act_dim)):
+            if x is None:
+                continue
+            if x.dim() < 1 or x.shape[-1] != last:
+                raise ValueError(f"{name} has {x.shape[-1] if x.dim() else 'no'} features, the model "
+                                 f"expects {last} (shape (batch, steps, {last}))")
+            lead.append((name, tuple(x.shape[:-1])))
+        if rew is not None:
+            lead.append(("rewards", tuple(rew.shape)))
+        for (name_a, a), (name_b, b) in zip(lead, lead[1:]):
+            if a != b:
+                raise ValueError(f"{name_a} and {name_b} disagree on (batch, steps): {a} vs {b}")
+        if t is not None:
+            if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+                raise ValueError(f"timesteps must be integers, got dtype {t.dtype}")
+            if lead:
+                try:
+                    shape = torch.broadcast_shapes(tuple(t.shape), lead[0][1])
+                except RuntimeError:
+                    shape = None
+                if shape != lead[0][1]:
+                    raise ValueError(f"timesteps of shape {tuple(t.shape)} do not broadcast to the "
+                                     f"{lead[0][0]}' (batch, steps) {lead[0][1]}")
+        named = [(n, x) for n, x in (("observations", obs), ("actions", act), ("rewards", rew))
+                 if x is not None and x.numel()]
+        flags = [torch.isfinite(x).all() for _, x in named]
+        if t is not None and t.numel():
+            flags += [t.min(), t.max()]
+        if not flags:
+            return
+        values = torch.stack([f.to(torch.float64) for f in flags]).tolist()  # the one sync
+        for (name, _), ok in zip(named, values):
+            if not ok:
+                raise ValueError(f"{name} contains NaN or inf")
+        if t is not None and t.numel():
+            lo, hi = int(values[-2]), int(values[-1])
+            if lo < 0 or hi >= self.cfg.horizon:
+                raise ValueError(f"timesteps must be in [0, {self.cfg.horizon}) (the model's horizon), "
+                                 f"got [{lo}, {hi}]")
 
     def embed_state(self, obs: Tensor, t: Tensor) -> Tensor:
-        self._check("observations", obs, self.cfg.obs_dim)
         return self.embed_obs((obs - self.obs_mean) / self.obs_std) + self.embed_t(t)
 
     def embed_action(self, act: Tensor, t: Tensor) -> Tensor:
-        self._check("actions", act, self.cfg.act_dim)
         return self.embed_act(act) + self.embed_t(t)
 
     def embed_reward(self, rew: Tensor, t: Tensor) -> Tensor:
-        self._check("rewards", rew, None)
         return self.embed_rew(((rew - self.rew_mean) / self.rew_std).unsqueeze(-1)) + self.embed_t(t)
 
     def embed_steps(self, obs: Tensor, act: Tensor, rew: Tensor, t: Tensor) -> Tensor:
-        """(B, S, ·) steps -> (B, 3S, d) tokens ordered s_0, a_0, r_0, s_1, ..."""
-        if t.max() >= self.cfg.horizon or t.min() < 0:
-            raise ValueError(f"timesteps must be in [0, {self.cfg.horizon}), got [{int(t.min())}, {int(t.max())}]")
+        """(B, S, ·) steps -> (B, 3S, d) tokens ordered s_0, a_0, r_0, s_1, ... (unchecked)."""
         tokens = torch.stack([self.embed_state(obs, t), self.embed_action(act, t),
                               self.embed_reward(rew, t)], dim=2)
         return tokens.flatten(1, 2)
@@ -279,16 +320,28 @@ class ICRLTransformer(nn.Module):
         log_std = log_std.clamp(self.cfg.min_log_std, self.cfg.max_log_std)
         return torch.tanh(mean), log_std
 
-    def forward(self, obs: Tensor, act: Tensor, rew: Tensor, t: Tensor
+    def forward(self, obs: Tensor, act: Tensor, rew: Tensor, t: Tensor, check: bool = True
                 ) -> tuple[Tensor, Tensor, FFNOutput]:
-        """Whole-context pass: action mean and log-std at every state token, (B, S, act_dim)."""
+        """Whole-context pass: action mean and log-std at every state token, (B, S, act_dim).
+
+        ``check``: validate the inputs first (:meth:`check_inputs`, one host synchronisation);
+        pass ``False`` for data validated already (the training batches come from checked files)."""
+        if check:
+            self.check_inputs(obs, act, rew, t)
         hidden, f = self.run_tokens(self.embed_steps(obs, act, rew, t))
         mean, log_std = self.action_dist(hidden[:, 0::3])
         return mean, log_std, f
 
     def router_generators(self) -> dict[str, torch.Generator]:
-        """The routers' own generators (their state belongs in a checkpoint for exact resume)."""
-        return {name: m.generator for name, m in self.named_modules() if isinstance(m, NoisyTopKRouter)}
+        """The routers' own generators (their state belongs in a checkpoint for exact resume): the
+        CPU one under the router's module name, one on each device it was moved to under
+        ``"<name>@<device>"`` (e.g. ``blocks.2.ffn.token.router@cuda:0``)."""
+        out: dict[str, torch.Generator] = {}
+        for name, m in self.named_modules():
+            if isinstance(m, NoisyTopKRouter):
+                for device, gen in m.generators().items():
+                    out[name if device == "cpu" else f"{name}@{device}"] = gen
+        return out
 
     @property
     def task_router(self) -> NoisyTopKRouter | None:

@@ -53,6 +53,7 @@ HINTS = {"variant": "Use a fresh run folder.",
          "train_config": "Use a fresh run folder.",
          "data_fingerprint": "The checkpoint was trained on different learning histories than this run's "
                              "dataset: use a fresh run folder."}
+PRECISIONS = ("fp32", "bf16")
 # metrics.csv columns after (variant, step, lr); None where a variant has no such loss
 LOG_KEYS = ("loss", "nll", "action_mse", "balance", "contrastive", "grad_norm")
 
@@ -62,7 +63,8 @@ class TrainConfig:
     steps: int = 2000
     batch_size: int = 16
     context_episodes: int = 4
-    sort_by_return: bool = True  # order each learning history by return before sampling windows
+    sort_by_return: bool = True  # consecutive windows: order each history by return first
+    window: str = "random_sorted"  # random_sorted (reference) | consecutive, see ContextSampler
     lr: float = 3e-4
     weight_decay: float = 1e-4
     warmup_steps: int = 100
@@ -74,12 +76,21 @@ class TrainConfig:
     ema_tau: float = 0.005
     log_every: int = 50
     ckpt_every: int = 500
+    # fp32 | bf16. bf16: the forward pass runs under torch.autocast(bfloat16) (matmuls and
+    # attention in bf16; layer norms, softmax, the routers and every loss in fp32; weights,
+    # gradients and optimiser state stay fp32, so no loss scaling is needed). fp32 on CUDA always
+    # allows TF32 matmuls and convolutions (fp32 range and storage, ~1e-3 relative error per
+    # product, far below SGD's noise, several times faster on Ampere and later GPUs); a CPU has no
+    # TF32 and is unaffected. Part of the train config a resumed run must match.
+    precision: str = "fp32"
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any]) -> TrainConfig:
         cfg = cls(**dict(m))
         if cfg.contrastive not in ("bilinear", "info_nce"):
             raise ValueError(f"contrastive must be bilinear or info_nce, got {cfg.contrastive!r}")
+        if cfg.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {cfg.precision!r}")
         return cfg
 
 
@@ -111,6 +122,13 @@ class Trainer:
     def __init__(self, variant: str, model_cfg: ModelConfig, tcfg: TrainConfig, device: torch.device,
                  sampler: ContextSampler | None, seed: int) -> None:
         token, task, contrastive = variant_flags(variant)
+        if tcfg.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {tcfg.precision!r}")
+        device = torch.device(device)
+        if device.type == "cuda" and tcfg.precision == "fp32":
+            # TF32 (see TrainConfig.precision); process-wide, like every torch.backends flag
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         model_cfg = ModelConfig(**{**model_cfg.to_dict(), "token_moe": token, "task_moe": task, "seed": seed})
         self.variant, self.tcfg, self.device, self.seed = variant, tcfg, device, seed
         self.model = ICRLTransformer(model_cfg).to(device)
@@ -144,6 +162,8 @@ class Trainer:
             "sampler": None if self.sampler is None else self.sampler.state(),
             "data_fingerprint": None if self.sampler is None else self.sampler.fingerprint,
             "torch_rng": torch.get_rng_state(),
+            # dropout masks on a GPU come from its default generator
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             "router_generators": {k: g.get_state() for k, g in self.model.router_generators().items()},
         }
 
@@ -170,9 +190,15 @@ class Trainer:
         if self.sampler is not None and ck["sampler"] is not None:
             self.sampler.set_state(ck["sampler"])
         torch.set_rng_state(ck["torch_rng"])
+        if self.device.type == "cuda" and ck.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(ck["cuda_rng"], self.device)
+        # A router's generator on a device this run does not use (a GPU checkpoint resumed on a
+        # CPU) is left out: this run draws from its own device's generator, and only a resume on
+        # the same device can equal an uninterrupted run anyway.
         gens = self.model.router_generators()
         for name, state in ck["router_generators"].items():
-            gens[name].set_state(state)
+            if name in gens:
+                gens[name].set_state(state)
 
     def save(self, path: Path) -> None:
         """Write the checkpoint atomically: a crash while saving keeps the previous one."""
@@ -190,39 +216,45 @@ class Trainer:
         rew = torch.as_tensor(batch["rew"], device=dev)
         t = torch.as_tensor(batch["t"], device=dev)
         ids = torch.as_tensor(batch["task_ids"], device=dev)
-        mean, log_std, f = model(obs, act, rew, t)
+        # the batch comes from histories checked when they were written: no per-step validation
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=tcfg.precision == "bf16"):
+            mean, log_std, f = model(obs, act, rew, t, check=False)
+        # the losses in fp32 whatever the precision of the forward pass
+        mean, log_std = mean.float(), log_std.float()
         nll = gaussian_nll(mean, log_std, act)
         loss = nll
-        out = {"nll": nll.item(), "action_mse": (mean - act).pow(2).mean().item()}
+        stats = {"nll": nll.detach(), "action_mse": (mean - act).pow(2).mean().detach()}
         if f.token is not None:
-            balance = load_balance_loss(f.token.importance, f.token.load)
+            balance = load_balance_loss(f.token.importance.float(), f.token.load.float())
             loss = loss + tcfg.balance_weight * balance
-            out["balance"] = balance.item()
+            stats["balance"] = balance.detach()
         if self.use_cl:
             assert f.task is not None and f.task_repr is not None and self.key_router is not None
             # Query and key are the gates' outputs (softmax over the task experts), as the paper
             # says. Raw logits are unbounded: with them q W k^T grew without limit here (the
             # loss went from 1 to >1,000 in 3,000 steps and its gradient, clipped together with
             # the NLL's, starved the action loss).
-            query = torch.softmax(f.task.logits[:, -1], dim=-1)
+            query = torch.softmax(f.task.logits[:, -1].float(), dim=-1)
             with torch.no_grad():
-                key = torch.softmax(self.key_router(f.task_repr[:, -1].detach()).logits, dim=-1)
+                key = torch.softmax(self.key_router(f.task_repr[:, -1].detach().float()).logits, dim=-1)
             if tcfg.contrastive == "bilinear":
                 cl = bilinear_contrastive_loss(query, key, self.bilinear, ids)
             else:
                 cl = info_nce_loss(query, key, ids, temperature=tcfg.info_nce_temperature)
             loss = loss + tcfg.contrastive_weight * cl
-            out["contrastive"] = cl.item()
+            stats["contrastive"] = cl.detach()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        out["grad_norm"] = float(nn.utils.clip_grad_norm_(self.opt.param_groups[0]["params"], tcfg.grad_clip))
+        stats["grad_norm"] = nn.utils.clip_grad_norm_(self.opt.param_groups[0]["params"], tcfg.grad_clip)
         self.opt.step()
         self.sched.step()
         if self.key_router is not None:
             ema_update(self.key_router, self.model.task_router, tcfg.ema_tau)
         self.step += 1
-        out["loss"] = loss.item()
-        return out
+        stats["loss"] = loss.detach()
+        # one device-to-host copy for every logged number (not one .item() per loss)
+        values = torch.stack([v.float() for v in stats.values()]).tolist()
+        return dict(zip(stats, values))
 
 
 def train_variant(variant: str, model_cfg: ModelConfig, tcfg: TrainConfig, histories: list[History],
@@ -231,7 +263,8 @@ def train_variant(variant: str, model_cfg: ModelConfig, tcfg: TrainConfig, histo
                   ) -> tuple[ICRLTransformer, dict[str, float]]:
     """Train (or resume from ``ckpt_path``) one variant to ``tcfg.steps``; returns the model and
     ``{"ms_per_step", "steps", "resumed_from"}``. ``stop_after`` ends early (tests of resume)."""
-    sampler = ContextSampler(histories, tcfg.context_episodes, tcfg.batch_size, seed, tcfg.sort_by_return)
+    sampler = ContextSampler(histories, tcfg.context_episodes, tcfg.batch_size, seed, tcfg.sort_by_return,
+                             window=tcfg.window)
     trainer = Trainer(variant, model_cfg, tcfg, device, sampler, seed)
     set_normalisation(trainer.model, histories)
     resumed_from = 0
