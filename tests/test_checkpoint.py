@@ -244,7 +244,7 @@ def test_t2mir_reused_run_folder_never_unpickles(make_config, tmp_path: Path, ma
     run = tmp_path / "run"
     if where == "eval":  # training finished, evaluation state planted
         run_experiment(cfg, run)
-        _plant(run / "eval" / "ad.safetensors", marker)
+        _plant(run / "eval" / "ad_mean.safetensors", marker)  # the deterministic evaluation's state
         match = "not a T2MIR evaluation state: it is a pickle"
     elif where == "checkpoints":
         _plant(run / "checkpoints" / "ad.safetensors", marker, "torch")
