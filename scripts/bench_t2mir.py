@@ -353,7 +353,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.aggregate_only:
         saved = json.loads(plan_file.read_text()) if plan_file.is_file() else {}
         old = json.loads((out / "bench.json").read_text()) if (out / "bench.json").is_file() else {}
-        aggregate(out, saved.get("experiment", args.experiment), old.get("data", {}), old.get("run"))
+        experiment = saved.get("experiment", args.experiment)
+        data = old.get("data") or collect(experiment, saved.get("overrides", args.overrides))
+        aggregate(out, experiment, data, old.get("run"))
         return 0
     from streammoe.jobs import run_jobs
 
