@@ -56,9 +56,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from streammoe.control.t2mir.evaluate import ACTION_MODES  # noqa: E402
 from streammoe.runs import format_table, pyplot, save_figure, to_jsonable  # noqa: E402
 
-MODES = ("mean", "sample")
+MODES = tuple(ACTION_MODES)  # mean (deterministic), sample
 
 
 @dataclass(frozen=True)
@@ -293,17 +294,12 @@ def play_after_context(model: Any, fam: Any, tasks: np.ndarray, context: Any, sa
 
 def probe(c: Any, run_dir: Path, repeats: int = 4) -> list[dict[str, Any]]:
     """Held-out return after no context / the first / middle / last episode of a fresh history."""
-    from streammoe.control.t2mir.data import History, collect_expert_anneal, collect_sb3
+    from streammoe.control.t2mir.data import History, collector_function
     from streammoe.control.t2mir.experiment import collector_spec, family_from_config
-    from streammoe.control.t2mir.expert import ensure_expert
     from streammoe.control.t2mir.train import load_checkpoint
 
     fam = family_from_config(c)
-    spec = collector_spec(c)
-    collect_fn = {"expert_anneal": collect_expert_anneal, "sb3": collect_sb3}[spec["name"]]
-    kwargs = {k: v for k, v in spec.items() if k != "name"}
-    if kwargs.get("expert") is not None:
-        kwargs["expert"] = ensure_expert(c.data_dir, fam, kwargs["expert"], c.data_seed)[1].act
+    collect_fn, kwargs = collector_function(collector_spec(c), c.data_dir, fam, c.data_seed)
     hists = [collect_fn(fam, task, c.n_episodes, 999 + i, **kwargs) for i, task in enumerate(fam.test_tasks)]
     picks = {"none": None, "first (exploration)": 0, "middle": c.n_episodes // 2, "last": c.n_episodes - 1}
     rows = []

@@ -33,6 +33,7 @@ from streammoe.config import (
 from streammoe.control.t2mir.data import WINDOWS
 from streammoe.control.t2mir.evaluate import ACTION_MODES, CONTEXTS
 from streammoe.control.t2mir.model import VARIANTS
+from streammoe.control.t2mir.train import PRECISIONS
 
 __all__ = ["CollectorConfig", "T2MIRConfig", "T2MIRExperiment", "T2MIRModelSettings",
            "T2MIRTrainSettings", "validated"]
@@ -144,7 +145,7 @@ class T2MIRTrainSettings:
         in_range(f"{at}ema_tau", self.ema_tau, 0.0, 1.0, low_open=True)
         at_least(f"{at}log_every", self.log_every, 1)
         at_least(f"{at}ckpt_every", self.ckpt_every, 1)
-        one_of(f"{at}precision", self.precision, ("fp32", "bf16"))
+        one_of(f"{at}precision", self.precision, PRECISIONS)
 
 
 @dataclass

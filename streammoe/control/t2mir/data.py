@@ -47,6 +47,7 @@ __all__ = [
     "ContextSampler",
     "collect_expert_anneal",
     "collect_sb3",
+    "collector_function",
     "ensure_dataset",
     "load_dataset",
     "point_robot_expert",
@@ -263,6 +264,24 @@ def load_dataset(folder: str | Path, expect: Mapping[str, Any] | None = None
     return manifest, histories
 
 
+def collector_function(collector: Mapping[str, Any], data_dir: str | Path, family: TaskFamily, seed: int
+                       ) -> tuple[Callable[..., History], dict[str, Any]]:
+    """The collection function of ``collector`` (``{"name": ..., **settings}``) and its keyword
+    arguments; a learned expert's settings (``"expert"``, Cheetah-Vel) become the expert's
+    ``act``, trained once and cached in ``data_dir`` (:func:`~streammoe.control.t2mir.expert.ensure_expert`)."""
+    fns = {"expert_anneal": collect_expert_anneal, "sb3": collect_sb3}
+    if collector["name"] not in fns:
+        raise ValueError(f"unknown collector {collector['name']!r}; choose {sorted(fns)}")
+    kwargs = {k: v for k, v in collector.items() if k != "name"}
+    if kwargs.get("expert") is not None:
+        from streammoe.control.t2mir.expert import ensure_expert
+
+        kwargs["expert"] = ensure_expert(data_dir, family, kwargs["expert"], seed)[1].act
+    else:
+        kwargs.pop("expert", None)
+    return fns[collector["name"]], kwargs
+
+
 def ensure_dataset(data_dir: str | Path, family: TaskFamily, n_episodes: int,
                    collector: Mapping[str, Any], seed: int, tensorboard_log: str | Path | None = None
                    ) -> tuple[Path, dict[str, Any], list[History]]:
@@ -276,23 +295,14 @@ def ensure_dataset(data_dir: str | Path, family: TaskFamily, n_episodes: int,
     folder = Path(data_dir) / f"{family.name}_{collector['name']}_{digest}"
     expect = {"family": family.name, "horizon": family.horizon, "n_episodes": n_episodes}
     if not (folder / "manifest.json").is_file():
-        kwargs = {k: v for k, v in collector.items() if k != "name"}
-        fns = {"expert_anneal": collect_expert_anneal, "sb3": collect_sb3}
-        if collector["name"] not in fns:
-            raise ValueError(f"unknown collector {collector['name']!r}; choose {sorted(fns)}")
-        if kwargs.get("expert") is not None:  # a learned expert (Cheetah-Vel): trained once, cached
-            from streammoe.control.t2mir.expert import ensure_expert
+        collect, kwargs = collector_function(collector, data_dir, family, seed)
 
-            _, expert, _ = ensure_expert(data_dir, family, kwargs["expert"], seed)
-            kwargs["expert"] = expert.act
-        else:
-            kwargs.pop("expert", None)
         def tb(i: int) -> dict[str, Any]:
             if collector["name"] != "sb3" or tensorboard_log is None:
                 return {}
             return {"tensorboard_log": Path(tensorboard_log) / f"task_{i:03d}"}
 
-        histories = [fns[collector["name"]](family, task, n_episodes, seed + 1000 * i, **kwargs, **tb(i))
+        histories = [collect(family, task, n_episodes, seed + 1000 * i, **kwargs, **tb(i))
                      for i, task in enumerate(progress(family.train_tasks, desc="collect histories"))]
         # Write to a private folder, then rename: a crash never leaves a half-written dataset,
         # and of two runs collecting the same data at once the first rename wins.
