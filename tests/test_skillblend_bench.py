@@ -136,9 +136,11 @@ def test_bad_new_keys_give_errors_naming_the_key(make_config, override: str, mat
 def test_defaults_evaluate_enough_episodes(make_config) -> None:
     c = make_config(["experiment=skillblend"]).skillblend
     assert c.eval_episodes >= 50 and c.vec_env in ("dummy", "subproc") and 0 < c.tilt_limit < 0.5
-    assert list(c.curve_at) == []
-    validated(make_config(["experiment=skillblend", "skillblend.timesteps=1000000",
-                           "skillblend.curve_at=[61440,250000,500000]"]))
+    assert c.timesteps == 1_000_000 and list(c.curve_at) == [61_440, 250_000, 500_000]  # the bench's budget
+    validated(make_config(["experiment=skillblend"]))
+    with pytest.raises(ConfigError, match=r"curve_at\[1\] must be in \[1, skillblend\.timesteps=100000\).*"
+                                          r"drop the point"):
+        validated(make_config(["experiment=skillblend", "skillblend.timesteps=100000"]))
 
 
 # ---------------------------------------------------------------------- learning curves
@@ -251,7 +253,7 @@ def test_bench_refuses_bad_curve_points(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------- box push probe
 def test_the_frozen_skills_can_push_the_box() -> None:
     """The scripted pusher (walk + reach, goals from the observation) places the box in 5 of 5
-    held-out episodes (100 of 100 in results/skillblend/scripted_v4.json); without its steering
+    held-out episodes (100 of 100 in results/skillblend/scripted_v5.json); without its steering
     feedback it places fewer."""
     from streammoe.control.skillblend.diagnose import PusherSettings, ScriptedPusher
     from streammoe.control.skillblend.skills import load_skill

@@ -181,6 +181,45 @@ def test_box_push_error_is_box_to_goal_distance() -> None:
     assert 0.5 < info["error"] < 1.1
 
 
+def test_box_push_features_show_the_box_motion_and_a_quarter_turn_symmetric_yaw() -> None:
+    """The last four task features: the box's velocity in the base frame and sin/cos(4 yaw) of
+    the box relative to the base (a square box looks the same after a quarter turn)."""
+    env = gym.make(ENV_IDS["box_push"]).unwrapped
+    env.reset(seed=2)
+    q, v = env.data.qpos.copy(), env.data.qvel.copy()
+    q[env._qpos_idx["base_yaw"]] = np.pi / 2  # base faces +y: world +x is the base's -y
+    q[env._box_q[2]] = np.pi / 2 + 0.3
+    v[env._box_v] = [0.4, 0.0, 0.0]
+    env.set_state(q, v)
+    feats = env._get_obs()[PROPRIO_DIM:]
+    assert feats.shape == (11,)
+    np.testing.assert_allclose(feats[7:9], [0.0, -0.4], atol=1e-9)
+    np.testing.assert_allclose(feats[9:], [np.sin(1.2), np.cos(1.2)], atol=1e-9)
+    q[env._box_q[2]] += np.pi / 2
+    env.set_state(q, v)
+    np.testing.assert_allclose(env._get_obs()[PROPRIO_DIM + 9:], feats[9:], atol=1e-9)
+
+
+def test_box_push_reward_prefers_the_hand_behind_the_box(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hand term pays for the push point on the box's side away from the goal: the same hand
+    distance on the goal side earns less; within the success radius the point nears the box."""
+    env = gym.make(ENV_IDS["box_push"]).unwrapped
+    env.reset(seed=1)
+    box = env.box_pos
+    u = (env.goal_xy - box[:2]) / np.linalg.norm(env.goal_xy - box[:2])
+    np.testing.assert_allclose(env.push_point, [*(box[:2] - env.push_standoff * u), box[2]])
+    assert np.linalg.norm(env.push_point[:2] - box[:2]) == pytest.approx(0.155)
+    env.goal_xy = box[:2] + 0.05 * u
+    assert np.linalg.norm(env.push_point[:2] - box[:2]) == pytest.approx(0.155 * 0.05 / 0.1)
+    env.goal_xy = box[:2] + 0.8 * u
+    rewards = {}
+    for side, sign in (("behind", -1.0), ("ahead", 1.0)):
+        hand = np.array([*(box[:2] + sign * 0.2 * u), box[2]])
+        monkeypatch.setattr(type(env), "ee_pos", property(lambda self, h=hand: h))  # the hand placed by hand
+        rewards[side] = env._evaluate(np.zeros(ACTION_DIM))[0]
+    assert rewards["behind"] > rewards["ahead"] + 0.1
+
+
 @pytest.mark.parametrize(("arm", "moves"), [("lowered", True), ("raised", False)])
 def test_only_a_lowered_hand_pushes_the_box(arm: str, moves: bool) -> None:
     """Driving at a box 1 m ahead: with the hand lowered (~0.2 m) it pushes the box; with the arm

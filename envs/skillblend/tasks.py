@@ -89,15 +89,25 @@ class ButtonEnv(MobileManipulatorEnv):
 
 class BoxPushEnv(MobileManipulatorEnv):
     """Push a low box 1-2 m away onto a goal patch 0.6-1 m beyond it. The chassis hovers over the
-    box, so only the hand can push it (the box is tall enough for the lowest hand, 0.19 m, to hit
-    its side; it slides on planar joints and cannot tip). Reward: ``exp(-2|box - goal|) + 0.5 exp(-2|hand - box|)``
-    (two terms). Success: box centre within 10 cm of the goal."""
+    box, so only the hand can push it (the box is tall enough for the lowest hand, 0.14 m, to hit
+    its side; it slides on planar joints and cannot tip).
+
+    Task features (11): box - hand (3), box - base (2), goal - box (2), the box's velocity (2) and
+    its yaw relative to the base as ``sin, cos(4 yaw)`` (2; the box is square, so a quarter turn
+    looks the same). Without the last four a memoryless policy cannot steer a box that slides
+    along the contact normal and spins (``diagnose.py``'s box push probe).
+
+    Reward: ``exp(-2|box - goal|) + 0.5 exp(-2|hand - push point|)`` (two terms), the push point
+    being where the hand meets the box's side *away from the goal*
+    (:meth:`push_point`): a hand on the wrong side earns less than one behind the box.
+    Success: box centre within 10 cm of the goal."""
 
     xml_file = "box_push.xml"
-    extra_dim = 7
+    extra_dim = 11
     goal_first = False
     task_state_attrs = ("goal_xy",)
     success_threshold = 0.1
+    push_standoff = 0.155  # box half width 0.12 + hand radius 0.035: the hand touching the box's back face
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -120,13 +130,27 @@ class BoxPushEnv(MobileManipulatorEnv):
     def box_pos(self) -> np.ndarray:
         return np.array([*self.data.qpos[self._box_q[:2]], self._box_half_height])
 
+    @property
+    def push_point(self) -> np.ndarray:
+        """Where the hand touches the box's side away from the goal, at the box's mid height:
+        ``box - push_standoff * u`` with ``u = (goal - box) / max(|goal - box|, success_threshold)``,
+        so it slides into the box's centre once the box is within the success radius (no
+        direction to push any more)."""
+        box = self.box_pos
+        to_goal = self.goal_xy - box[:2]
+        u = to_goal / max(float(np.linalg.norm(to_goal)), self.success_threshold)
+        return np.array([*(box[:2] - self.push_standoff * u), box[2]])
+
     def _extra_obs(self) -> np.ndarray:
         box = self.box_pos
-        return np.concatenate([self.point_features(box), self.to_base_frame(self.goal_xy - box[:2])])
+        box_yaw = float(self.data.qpos[self._box_q[2]]) - self.base_yaw
+        return np.concatenate([self.point_features(box), self.to_base_frame(self.goal_xy - box[:2]),
+                               self.to_base_frame(self.data.qvel[self._box_v[:2]]),
+                               [np.sin(4.0 * box_yaw), np.cos(4.0 * box_yaw)]])
 
     def _evaluate(self, action: np.ndarray) -> tuple[float, dict[str, Any]]:
         box = self.box_pos
         error = float(np.linalg.norm(box[:2] - self.goal_xy))
-        reach = float(np.linalg.norm(self.ee_pos - box))
+        reach = float(np.linalg.norm(self.ee_pos - self.push_point))
         reward = np.exp(-2.0 * error) + 0.5 * np.exp(-2.0 * reach)
         return float(reward), {"error": error, "success": error < self.success_threshold}

@@ -7,7 +7,7 @@ learned blender that fails is a learning problem (budget, exploration, what it o
 skill problem.
 
     python -m streammoe.control.skillblend.diagnose --skills-dir results/skillblend/skills \
-        --episodes 100 --out results/skillblend/scripted_v4.json
+        --episodes 100 --out results/skillblend/scripted_v5.json
 
 It is a diagnostic and an upper-bound reference, not a method: the goals encode task knowledge
 (stand ``standoff`` metres short of the target, face it, put the hand on it; for the box push a
