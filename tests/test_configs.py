@@ -225,6 +225,7 @@ SIZE_KEYS = {  # what a smoke config may change: sizes and budgets (and its name
     "n_episodes", "data_dir", "d_model", "n_heads", "expert_hidden", "steps", "warmup_steps",
     "log_every", "ckpt_every",
     "device",  # skillblend_smoke: the tests' SB3 runs stay on the CPU on a GPU machine
+    "curve_at",  # skillblend_smoke: learning-curve points are budgets, below the smoke's timesteps
     "data",    # macrohft_smoke: the synthetic market instead of a download
     # mergevla_smoke: fewer suites, held-out variations, layers and variants; the object state
     # instead of images (the issue's fast path for tests)
