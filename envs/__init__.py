@@ -47,6 +47,7 @@ SKILLBLEND_IDS = {
     "reach": "streammoe/SkillBlendReach-v0",
     "far_reach": "streammoe/SkillBlendFarReach-v0",
     "button": "streammoe/SkillBlendButton-v0",
+    "button_latched": "streammoe/SkillBlendButtonLatched-v0",
     "box_push": "streammoe/SkillBlendBoxPush-v0",
 }
 
@@ -59,6 +60,7 @@ ENV_SPECS: dict[str, tuple[str, int | None]] = {
     SKILLBLEND_IDS["reach"]: ("streammoe_envs.skillblend.skill_envs:ReachEnv", 75),
     SKILLBLEND_IDS["far_reach"]: ("streammoe_envs.skillblend.tasks:FarReachEnv", 150),
     SKILLBLEND_IDS["button"]: ("streammoe_envs.skillblend.tasks:ButtonEnv", 150),
+    SKILLBLEND_IDS["button_latched"]: ("streammoe_envs.skillblend.tasks:ButtonLatchedEnv", 150),
     SKILLBLEND_IDS["box_push"]: ("streammoe_envs.skillblend.tasks:BoxPushEnv", 150),
     POINT_ROBOT_ID: ("streammoe_envs.task_families:PointRobotEnv", 20),
     CHEETAH_VEL_ID: ("streammoe_envs.task_families:CheetahVelEnv", 200),

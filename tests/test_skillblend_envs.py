@@ -173,6 +173,24 @@ def test_button_press_latches_success() -> None:
     assert env.step(np.zeros(ACTION_DIM))[4]["success"]  # stays pressed for the episode
 
 
+@pytest.mark.parametrize(("name", "after_release"), [("button", 0.0), ("button_latched", 1.0)])
+def test_button_press_term_holds_or_latches(name: str, after_release: float) -> None:
+    """The press term pays 1 while the button is in; after a release it pays 0 under the holding
+    reward and still 1 under the latched one. Success latches in both."""
+    env = gym.make(ENV_IDS[name]).unwrapped
+    env.reset(seed=0)
+    face = env.button_face
+    env.data.qpos[env._button_q] = 0.02
+    pressed_reward, info = env._evaluate(np.zeros(ACTION_DIM))
+    assert info["success"]
+    hand_term = pressed_reward - 1.0
+    env.data.qpos[env._button_q] = 0.0
+    released_reward, info = env._evaluate(np.zeros(ACTION_DIM))
+    assert info["success"]
+    moved = np.exp(-np.linalg.norm(env.ee_pos - env.button_face)) - np.exp(-np.linalg.norm(env.ee_pos - face))
+    assert released_reward == pytest.approx(hand_term + moved + after_release, abs=1e-9)
+
+
 def test_box_push_error_is_box_to_goal_distance() -> None:
     env = gym.make(ENV_IDS["box_push"]).unwrapped
     env.reset(seed=5)

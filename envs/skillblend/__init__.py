@@ -18,10 +18,11 @@ from streammoe_envs.skillblend.base import (
     MobileManipulatorEnv,
 )
 from streammoe_envs.skillblend.skill_envs import ReachEnv, WalkEnv, WalkVelocityEnv
-from streammoe_envs.skillblend.tasks import BoxPushEnv, ButtonEnv, FarReachEnv
+from streammoe_envs.skillblend.tasks import BoxPushEnv, ButtonEnv, ButtonLatchedEnv, FarReachEnv
 
 __all__ = ["ACTION_DIM", "ENV_IDS", "PROPRIO_DIM", "PROPRIO_RATES", "SKILL_ENVS", "TASK_ENVS", "MobileManipulatorEnv"]
 
 ENV_IDS = SKILLBLEND_IDS  # short name -> Gymnasium id (registered by ``import streammoe_envs``)
 SKILL_ENVS = {"walk": WalkEnv, "walk_velocity": WalkVelocityEnv, "reach": ReachEnv}
-TASK_ENVS = {"far_reach": FarReachEnv, "button": ButtonEnv, "box_push": BoxPushEnv}
+TASK_ENVS = {"far_reach": FarReachEnv, "button": ButtonEnv, "box_push": BoxPushEnv,
+             "button_latched": ButtonLatchedEnv}
