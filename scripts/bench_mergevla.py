@@ -49,13 +49,10 @@ ABLATION = ("experts/oracle", "naive_full/single", "ties/oracle", "ties+mask/ora
 
 
 def _compose(experiment: str, overrides: list[str]) -> Any:
-    from hydra import compose, initialize_config_dir
-
-    from streammoe.cli import CONF_DIR
+    from streammoe.cli import compose_config
     from streammoe.config import validate
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"experiment={experiment}", *overrides])
+    cfg = compose_config([f"experiment={experiment}", *overrides])
     validate(cfg)
     return cfg
 

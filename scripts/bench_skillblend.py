@@ -318,12 +318,9 @@ def vec_env_speed(task: str, method: str, skills_dir: str, chunk: int, rounds: i
 
 
 def _compose(overrides: Sequence[str] = (), experiment: str = "skillblend") -> Any:
-    from hydra import compose, initialize_config_dir
+    from streammoe.cli import compose_config
 
-    from streammoe.cli import CONF_DIR
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=[f"experiment={experiment}", *overrides])
+    return compose_config([f"experiment={experiment}", *overrides])
 
 
 def _write(path: Path, report: dict[str, Any]) -> None:

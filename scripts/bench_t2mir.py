@@ -98,14 +98,11 @@ def plan(experiment: str, out: Path, seeds: Sequence[int], ablation_seeds: Seque
 
 def collect(experiment: str, overrides: Sequence[str]) -> dict[str, Any]:
     """Collect (or find) the histories every job trains on, before the jobs start in parallel."""
-    from hydra import compose, initialize_config_dir
-
-    from streammoe.cli import CONF_DIR  # importing the CLI registers the config schemas
+    from streammoe.cli import compose_config  # importing the CLI registers the config schemas
     from streammoe.control.t2mir.data import ensure_dataset
     from streammoe.control.t2mir.experiment import collector_spec, family_from_config
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"experiment={experiment}", *overrides])
+    cfg = compose_config([f"experiment={experiment}", *overrides])
     c = cfg.t2mir
     fam = family_from_config(c)
     folder, manifest, hist = ensure_dataset(c.data_dir, fam, c.n_episodes, collector_spec(c), c.data_seed)
@@ -335,12 +332,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or ROOT / "outputs" / "bench_t2mir" / args.experiment
     out.mkdir(parents=True, exist_ok=True)
     if args.probe is not None:
-        from hydra import compose, initialize_config_dir
+        from streammoe.cli import compose_config  # importing the CLI registers the config schemas
 
-        from streammoe.cli import CONF_DIR  # importing the CLI registers the config schemas
-
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=[f"experiment={args.experiment}", *args.overrides])
+        cfg = compose_config([f"experiment={args.experiment}", *args.overrides])
         rows = probe(cfg.t2mir, args.probe)
         print(format_table(rows, title=f"T2MIR probe: {args.probe}"))
         (out / "probe.json").write_text(json.dumps({"run_dir": str(args.probe), "rows": rows}, indent=2) + "\n")

@@ -14,17 +14,15 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from hydra import compose, initialize_config_dir
 
-from streammoe.cli import CONF_DIR
+from streammoe.cli import compose_config
 from streammoe.control.t2mir.data import ensure_dataset
 from streammoe.control.t2mir.experiment import collector_spec, family_from_config
 from streammoe.runs import format_table
 
 
 def main(overrides: list[str]) -> None:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
+    cfg = compose_config(overrides)
     c = cfg.t2mir
     fam = family_from_config(c)
     folder, manifest, hist = ensure_dataset(c.data_dir, fam, c.n_episodes, collector_spec(c), c.data_seed)

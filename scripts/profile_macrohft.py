@@ -58,12 +58,9 @@ def _worktree(rev: str, where: Path) -> Path:
 
 
 def _profile(overrides: list[str], run_dir: Path, top: int = 15) -> dict[str, str]:
-    from hydra import compose, initialize_config_dir
+    from streammoe.cli import compose_config, run_experiment
 
-    from streammoe.cli import CONF_DIR, run_experiment
-
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["experiment=macrohft", "tensorboard=false", *overrides])
+    cfg = compose_config(["experiment=macrohft", "tensorboard=false", *overrides])
     prof = cProfile.Profile()
     prof.runcall(run_experiment, cfg, run_dir)
     out = {}

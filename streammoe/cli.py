@@ -13,6 +13,7 @@ this module, and only this one, those imports). See :mod:`streammoe.config`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,16 @@ register_schemas(SCHEMAS)
 
 
 CONF_DIR = config_dir()
+
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """The config ``scripts/run.py`` would build from these command-line overrides (e.g.
+    ``["experiment=skillblend", "seed=1"]``), composed outside a Hydra run and not yet
+    validated (:func:`streammoe.config.validate`, or :func:`run_experiment`, does that)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
 
 
 def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:

@@ -9,13 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from streammoe_envs.trading import TradingEnv
 from streammoe_envs.trading.data import load_data, synthetic_market
 from streammoe_envs.trading.features import build_features
 
-from streammoe.cli import CONF_DIR, run_experiment
+from streammoe.cli import compose_config, run_experiment
 from streammoe.control.macrohft.config import REFERENCE_ALPHAS
 from streammoe.control.macrohft.metrics import METRIC_KEYS, trading_metrics
 from streammoe.control.macrohft.model import load_checkpoint
@@ -23,12 +22,6 @@ from streammoe.control.macrohft.regimes import REGIMES
 from streammoe.control.macrohft.train import q_table, table_rollout
 
 SMOKE = ["experiment=macrohft_smoke"]
-
-
-def compose_config(overrides: list[str]) -> DictConfig:
-    """As ``tests/conftest.py``'s helper (a module-scoped fixture cannot use its fixture)."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
 
 
 @pytest.fixture(scope="module")
