@@ -232,3 +232,60 @@ def test_bench_script_runs_the_smoke_grid_and_writes_its_table(tmp_path):
     for name in ("bench.md", "success.png", "router_confusion.png"):
         assert (out / name).stat().st_size > 0
     assert "| experts/oracle |" in (out / "bench.md").read_text()
+
+
+@pytest.mark.parametrize("override, match", [
+    ("mergevla.router.layer=5", "router.layer"),
+    ("mergevla.router.k=16", "rank of a LoRA task vector"),
+    ("mergevla.router.source=anywhere", "router.source"),
+    ("mergevla.expert.lora_init=pissa", "lora_init"),
+    ("mergevla.expert.eva_layers=[3]", "eva_layers"),
+])
+def test_router_and_lora_init_settings_are_checked(override, match):
+    from streammoe.control.mergevla.config import validated
+
+    with pytest.raises(ConfigError, match=match):
+        validated(compose_config(["experiment=mergevla", override]))
+
+
+def _suite_with_words(words, suite, seed):
+    data = _tiny_suite()
+    rng = np.random.default_rng(seed)
+    data.suite = suite
+    data.obs["state"] = rng.normal(size=data.obs["state"].shape).astype(np.float32)
+    data.obs["instruction"][:, :3] = words
+    return data
+
+
+def test_the_lora_task_vector_router_separates_eva_experts():
+    """Two suites that differ in their instructions: experts fine-tuned from one base with EVA's
+    LoRA init; each expert's task vector of layer 0's value projection, read on the first
+    observation under each suite's model, routes every episode to its own suite."""
+    from streammoe.control.mergevla.router import TestTimeTaskRouter
+    from streammoe.control.mergevla.train import TrainSettings, train_expert
+
+    cfg = VLAConfig(vision=False, state_dim=17, d_model=16, n_heads=2, n_layers=2, max_instruction_len=12)
+    base = TinyVLA(cfg).state_dict()
+    settings = TrainSettings(steps=5, batch_size=8, lr=1e-2, weight_decay=0.0, grad_clip=1.0, shift=0,
+                             log_every=5)
+    suites = [_suite_with_words([7, 1, 15], "drawer", 1), _suite_with_words([3, 9, 22], "button", 2)]
+    experts = [train_expert(cfg, base, d, settings, lora_rank=2, lora_alpha=4.0, lora_target="backbone",
+                            shared_lr_scale=0.0, lora_init="eva", seed=i, device=torch.device("cpu"))[0]
+               for i, d in enumerate(suites)]
+    models = []
+    for sd in experts:
+        m = TinyVLA(cfg)
+        m.load_state_dict(sd)
+        models.append(m.eval())
+    key = models[0].backbone_value_key(0)
+    router = TestTimeTaskRouter.from_value_projections([sd[key] - base[key] for sd in experts], k=2)
+    policy = SuitePolicy(models, ("drawer", "button"), "router", router, router_layer=0)
+    for t, d in enumerate(suites):
+        obs = {k: torch.from_numpy(v[:8]) for k, v in d.obs.items()}
+        assert policy.route_batch(obs).tasks.tolist() == [t] * 8
+    with pytest.raises(ValueError, match="eva_layers"):
+        train_expert(cfg, base, suites[0], settings, lora_rank=2, lora_alpha=4.0, lora_target="backbone",
+                     lora_init="eva", eva_layers=[2], seed=0, device=torch.device("cpu"))
+    with pytest.raises(ValueError, match="lora_init"):
+        train_expert(cfg, base, suites[0], settings, lora_rank=2, lora_alpha=4.0, lora_target="backbone",
+                     lora_init="pissa", seed=0, device=torch.device("cpu"))

@@ -270,3 +270,73 @@ def test_chunk_executor_modes() -> None:
     model = TinyVLA(_cfg())
     a = ChunkExecutor(CHUNK, replan_every=2).step(_obs(), model.act)
     assert a.shape == (3, 4) and model.training  # act restores the mode
+
+
+def test_eva_components_are_the_principal_directions_of_each_layers_inputs() -> None:
+    pytest.importorskip("peft")
+    from streammoe.control.mergevla.model import eva_components
+
+    base = TinyVLA(_cfg(vision=False)).eval()
+    batches = [_obs(b=32, vision=False, seed=s) for s in range(4)]
+    before = copy.deepcopy(base.state_dict())
+    comps = eva_components(base, batches, rank=2)
+    assert all(torch.equal(v, base.state_dict()[k]) for k, v in before.items())  # base untouched
+    wrapped = {f"backbone.layers.{i}.{n}" for i in range(LAYERS)
+               for n in ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.out_proj", "ffn.fc1", "ffn.fc2")}
+    assert set(comps) == wrapped and all(tuple(c.shape) == (2, D) or "fc2" in k for k, c in comps.items())
+    # layer 0's q/k/v read LayerNorm(tokens): EVA's rows span the top-2 principal subspace of
+    # those inputs (PAD rows left out)
+    x = torch.cat([base.hidden_into_backbone_layer(o, 0)[base.token_valid_mask(o)] for o in batches])
+    top = torch.linalg.svd(x - x.mean(0), full_matrices=False)[2][:2]
+    eva = comps["backbone.layers.0.attn.v_proj"]
+    overlap = torch.linalg.svdvals(eva @ top.T)  # cosines of the principal angles
+    assert overlap.min() > 0.95, overlap
+    # add_lora starts A there (B at 0, so the outputs are unchanged)
+    model = add_lora(copy.deepcopy(base), rank=2, eva=comps)
+    torch.testing.assert_close(model.backbone.layers[0].attn.v_proj.lora_A["default"].weight, eva)
+    torch.testing.assert_close(model(batches[0]), base(batches[0]), rtol=0, atol=1e-6)
+    # components for some layers only: the others keep PEFT's default (random) A
+    layer0 = {k: v for k, v in comps.items() if k.startswith("backbone.layers.0.")}
+    model = add_lora(copy.deepcopy(base), rank=2, eva=layer0)
+    torch.testing.assert_close(model.backbone.layers[0].ffn.fc1.lora_A["default"].weight,
+                               comps["backbone.layers.0.ffn.fc1"])
+    a1 = model.backbone.layers[1].attn.v_proj.lora_A["default"].weight
+    assert not torch.allclose(a1, comps["backbone.layers.1.attn.v_proj"], atol=1e-3)
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda c: c.__setitem__("backbone.layers.9.ffn.fc1", torch.zeros(2, D)), "does not wrap"),
+    (lambda c: c.__setitem__("backbone.layers.0.attn.q_proj", torch.zeros(3, D)), "must be a finite"),
+    (lambda c: c["backbone.layers.0.attn.q_proj"].fill_(float("nan")), "must be a finite"),
+])
+def test_bad_eva_components_are_refused_before_the_model_changes(change, match) -> None:
+    pytest.importorskip("peft")
+    from streammoe.control.mergevla.model import eva_components
+
+    base = TinyVLA(_cfg(vision=False)).eval()
+    comps = eva_components(base, [_obs(b=32, vision=False)], rank=2)
+    change(comps)
+    with pytest.raises(ValueError, match=match):
+        add_lora(base, rank=2, eva=comps)
+    assert not has_lora(base)
+    with pytest.raises(ValueError, match="at least one batch"):
+        eva_components(base, [], rank=2)
+    with pytest.raises(RuntimeError, match="did not converge"):
+        eva_components(base, [_obs(b=32, vision=False, seed=s) for s in range(3)], rank=2, max_batches=2)
+
+
+def test_hidden_into_backbone_layer_is_what_the_layer_reads() -> None:
+    model = TinyVLA(_cfg()).eval()
+    obs = _obs()
+    seen = {}
+    hook = model.backbone.layers[1].attn.v_proj.register_forward_hook(
+        lambda m, i, o: seen.__setitem__("x", i[0].detach()))
+    model(obs)
+    hook.remove()
+    valid = model.token_valid_mask(obs)
+    h = model.hidden_into_backbone_layer(obs, 1)
+    torch.testing.assert_close(h[valid], seen["x"][valid])
+    assert (h[~valid] == 0).all() and (~valid).any()
+    assert model.backbone_value_key(1) == "backbone.layers.1.attn.v_proj.weight"
+    with pytest.raises(ValueError, match="layer must be an index"):
+        model.hidden_into_backbone_layer(obs, LAYERS)

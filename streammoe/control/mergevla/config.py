@@ -30,6 +30,10 @@ MERGE_METHODS = ("average", "task_arithmetic", "ties")
 ROUTES = ("oracle", "router")
 ACTION_HEADS = ("cross_attention", "self_attention")
 LORA_TARGETS = ("backbone", "backbone_attention")
+LORA_INITS = ("default", "eva")
+# where the test-time router takes each suite's basis: the last shared action-expert block's value
+# projection (the reference), or the LoRA task vector of a backbone layer's value projection
+ROUTER_SOURCES = ("last_shared_value", "lora_task_vector")
 
 
 def variant_parts(name: str) -> tuple[str, bool, str]:
@@ -122,6 +126,8 @@ class ExpertSettings(StageTrainSettings):
     lora_target: str = MISSING
     targets: str = MISSING        # actions | expert_actions
     shared_lr_scale: float = MISSING  # lr of the shared action-expert blocks / lr (0: frozen)
+    lora_init: str = MISSING      # default (PEFT's random A) | eva (A from the inputs' PCA)
+    eva_layers: list[int] | None = None  # backbone layers with EVA's A (None: all)
 
     def check(self, at: str) -> None:
         super().check(at)
@@ -130,6 +136,9 @@ class ExpertSettings(StageTrainSettings):
         one_of(f"{at}lora_target", self.lora_target, LORA_TARGETS)
         one_of(f"{at}targets", self.targets, ("actions", "expert_actions"))
         in_range(f"{at}shared_lr_scale", self.shared_lr_scale, 0.0, 1.0)
+        one_of(f"{at}lora_init", self.lora_init, LORA_INITS)
+        for i, layer in enumerate(self.eva_layers or ()):
+            at_least(f"{at}eva_layers[{i}]", layer, 0)
 
 
 @dataclass
@@ -148,10 +157,14 @@ class MergeSettings:
 class RouterSettings:
     k: int = MISSING
     temperature: float = MISSING
+    source: str = MISSING         # last_shared_value (the reference) | lora_task_vector
+    layer: int = MISSING          # backbone layer of lora_task_vector
 
     def check(self, at: str) -> None:
         at_least(f"{at}k", self.k, 1)
         greater_than(f"{at}temperature", self.temperature, 0.0)
+        one_of(f"{at}source", self.source, ROUTER_SOURCES)
+        at_least(f"{at}layer", self.layer, 0)
 
 
 @dataclass
@@ -219,6 +232,16 @@ class MergeVLAConfig:
         d_model = self.model.d_model
         if not 1 <= self.router.k <= d_model:
             raise ConfigError(f"{at}router.k must be in [1, {at}model.d_model={d_model}], got {self.router.k}")
+        if any(layer >= self.model.n_layers for layer in self.expert.eva_layers or ()):
+            raise ConfigError(f"{at}expert.eva_layers={list(self.expert.eva_layers)} must be backbone "
+                              f"layers in [0, {at}model.n_layers={self.model.n_layers})")
+        if self.router.layer >= self.model.n_layers:
+            raise ConfigError(f"{at}router.layer={self.router.layer} must be a backbone layer in [0, "
+                              f"{at}model.n_layers={self.model.n_layers})")
+        if self.router.source == "lora_task_vector" and self.router.k > self.expert.lora_rank:
+            raise ConfigError(f"{at}router.k={self.router.k} exceeds {at}expert.lora_rank="
+                              f"{self.expert.lora_rank}, the rank of a LoRA task vector: choose k <= "
+                              f"{self.expert.lora_rank}")
 
 
 @dataclass

@@ -6,8 +6,9 @@ naive full average, the base), and says how an episode's model is chosen:
 
 * ``"oracle"``: the episode's true suite;
 * ``"router"``: the training-free :class:`~streammoe.control.mergevla.router.TestTimeTaskRouter`
-  on the episode's first observation (the hidden states feeding the last shared block, under
-  each suite's model), then that suite's model for the whole episode;
+  on the episode's first observation (under each suite's model, the hidden states feeding the
+  last shared block, or with ``router_layer`` those feeding that backbone layer's projections),
+  then that suite's model for the whole episode;
 * ``"single"``: the one model.
 
 :func:`evaluate` runs ``episodes_per_task`` episodes per task, one per held-out variation, in
@@ -50,6 +51,9 @@ class SuitePolicy:
     suites: tuple[str, ...]
     route: str = "oracle"
     router: TestTimeTaskRouter | None = None
+    # where the router reads the hidden states: None = the last shared action-expert block (the
+    # reference), an int = that backbone layer's q/k/v input (``router.source=lora_task_vector``)
+    router_layer: int | None = None
 
     def __post_init__(self) -> None:
         if self.route not in ROUTES:
@@ -64,6 +68,17 @@ class SuitePolicy:
 
     def model_index(self, suite: str) -> int:
         return 0 if self.route == "single" else self.suites.index(suite)
+
+    def route_batch(self, batch: Mapping[str, torch.Tensor]):
+        """The router's decision on a batch of first observations (each suite's model reads it)."""
+        if self.router is None:
+            raise ValueError(f"route={self.route!r} has no router")
+        if self.router_layer is None:
+            return self.router.route(lambda t: self.models[t].hidden_into_last_shared_block(batch),
+                                     valid=self.models[0].memory_valid_mask(batch))
+        layer = int(self.router_layer)
+        return self.router.route(lambda t: self.models[t].hidden_into_backbone_layer(batch, layer),
+                                 valid=self.models[0].token_valid_mask(batch))
 
 
 @dataclass
@@ -128,9 +143,7 @@ def evaluate(policy: SuitePolicy, tasks: Sequence[str], variations: Sequence[int
             if policy.route == "router":
                 t0 = time.perf_counter()
                 batch = _stack(obs, keys, device)
-                route = policy.router.route(
-                    lambda t, batch=batch: policy.models[t].hidden_into_last_shared_block(batch),
-                    valid=policy.models[0].memory_valid_mask(batch))
+                route = policy.route_batch(batch)
                 which = route.tasks.reshape(-1).cpu().numpy()
                 conf = [float(c) for c in route.confidences.reshape(-1)]
                 t_route += time.perf_counter() - t0

@@ -137,12 +137,18 @@ class Pipeline:
                         "lora": {"rank": int(e.lora_rank), "alpha": float(e.lora_alpha),
                                  "target": str(e.lora_target)}, "targets": str(e.targets),
                         "shared_lr_scale": float(e.shared_lr_scale)}
+            if str(e.lora_init) != "default":  # (the default leaves earlier stage files valid)
+                settings["lora_init"] = str(e.lora_init)
+                if e.eva_layers is not None:
+                    settings["eva_layers"] = [int(i) for i in e.eva_layers]
             state, fp, _ = cached_stage(
                 self.cache, f"expert_{suite}_s{self.seed}", settings, [base_fp],
                 lambda suite=suite, i=i: {"weights": train_expert(
                     cfg, base["weights"], data[suite], _train_settings(e), lora_rank=int(e.lora_rank),
                     lora_alpha=float(e.lora_alpha), lora_target=str(e.lora_target),
-                    shared_lr_scale=float(e.shared_lr_scale), seed=self.seed * 1000 + i + 1, device=self.device,
+                    shared_lr_scale=float(e.shared_lr_scale), lora_init=str(e.lora_init),
+                    eva_layers=None if e.eva_layers is None else [int(i) for i in e.eva_layers],
+                    seed=self.seed * 1000 + i + 1, device=self.device,
                     log=self._log(f"expert/{action_head}/{suite}"))[0]})
             experts.append(state["weights"])
             fps.append(fp)
@@ -181,12 +187,18 @@ class Pipeline:
             return SuitePolicy([build(sd) for sd in experts], self.suites, "oracle"), None
         merged = self.merge(action_head, merge)
         models = [build(merged.state_dict_for(t, masked=masked)) for t in range(merged.n_tasks)]
-        router = None
+        router, layer = None, None
         if route == "router":  # each suite's subspace from that expert's own (unmerged) weights
-            router = TestTimeTaskRouter.from_state_dicts(
-                experts, models[0].value_projection_key(), k=int(self.c.router.k),
-                temperature=float(self.c.router.temperature), tasks=self.suites)
-        return SuitePolicy(models, self.suites, route, router), merged
+            r = self.c.router
+            if str(r.source) == "lora_task_vector":  # the expert's change to a backbone layer
+                layer = int(r.layer)
+                key = models[0].backbone_value_key(layer)
+                weights = [sd[key] - base[key] for sd in experts]
+            else:  # the reference: the last shared action-expert block's value projection
+                weights = [sd[models[0].value_projection_key()] for sd in experts]
+            router = TestTimeTaskRouter.from_value_projections(
+                weights, k=int(r.k), temperature=float(r.temperature), tasks=self.suites)
+        return SuitePolicy(models, self.suites, route, router, router_layer=layer), merged
 
     def evaluate(self, action_head: str, variant: str, video_dir: Path | None = None
                  ) -> tuple[EvalResult, bool]:

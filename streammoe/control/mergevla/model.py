@@ -68,8 +68,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -85,6 +86,7 @@ __all__ = [
     "TinyVLA",
     "VLAConfig",
     "add_lora",
+    "eva_components",
     "expert_head_prefixes",
     "expert_trainable_parameters",
     "fold_lora",
@@ -575,13 +577,17 @@ class TinyVLA(nn.Module):
         vectors, which live in the space of :meth:`hidden_into_last_shared_block`'s rows."""
         return self.action_expert.blocks[self.cfg.n_layers - 2].cross_attn.v_proj.weight.detach()
 
-    def memory_valid_mask(self, obs: Obs) -> Tensor:
-        """``(B, T + 1)`` bool: which rows of :meth:`hidden_into_last_shared_block` are real."""
+    def token_valid_mask(self, obs: Obs) -> Tensor:
+        """``(B, T)`` bool: which of the backbone's tokens are real (False at instruction PAD)."""
         ins = self.check_obs(obs)["instruction"]
         b = ins.shape[0]
         obs_tokens = ins.new_ones(b, self.cfg.n_obs_tokens, dtype=torch.bool)
-        proprio_tokens = ins.new_ones(b, 2, dtype=torch.bool)  # the backbone's and the expert's
-        return torch.cat([obs_tokens, ins != 0, proprio_tokens], dim=1)
+        return torch.cat([obs_tokens, ins != 0, ins.new_ones(b, 1, dtype=torch.bool)], dim=1)
+
+    def memory_valid_mask(self, obs: Obs) -> Tensor:
+        """``(B, T + 1)`` bool: which rows of :meth:`hidden_into_last_shared_block` are real."""
+        valid = self.token_valid_mask(obs)
+        return torch.cat([valid, valid.new_ones(valid.shape[0], 1)], dim=1)  # + the expert's proprio
 
     def hidden_into_last_shared_block(self, obs: Obs) -> Tensor:
         """What the last shared block's value projection reads: ``(B, T + 1, d)``, the block's
@@ -594,6 +600,26 @@ class TinyVLA(nn.Module):
             enc = self.encode(obs)
             mem, valid = self.action_expert.block_memory(enc, i)
             return self.action_expert.blocks[i].memory(mem) * valid.unsqueeze(-1).to(mem.dtype)
+
+
+    def backbone_value_key(self, layer: int) -> str:
+        """State-dict key of backbone layer ``layer``'s attention value projection weight (its
+        LoRA task vector is the router's basis with ``router.source=lora_task_vector``)."""
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.cfg.n_layers:
+            raise ValueError(f"layer must be an index in [0, n_layers={self.cfg.n_layers}), got {layer!r}")
+        return f"backbone.layers.{layer}.attn.v_proj.weight"
+
+    def hidden_into_backbone_layer(self, obs: Obs, layer: int) -> Tensor:
+        """What backbone layer ``layer``'s q/k/v projections read, ``(B, T, d)``: its first
+        LayerNorm of the residual stream entering the layer; PAD rows are zero
+        (:meth:`token_valid_mask` says which rows are real). Eval mode, no gradients."""
+        self.backbone_value_key(layer)  # checks the index
+        with _eval_mode(self):
+            obs = self.check_obs(obs)
+            x, valid, _, _ = self.embed(obs)
+            for block in self.backbone.layers[:layer]:
+                x = block(x, valid)
+            return self.backbone.layers[layer].ln1(x) * valid.unsqueeze(-1).to(x.dtype)
 
 
 def expert_head_prefixes(model_or_cfg: TinyVLA | VLAConfig) -> tuple[str, ...]:
@@ -638,14 +664,81 @@ def has_lora(model: nn.Module) -> bool:
     return lora is not None and any(isinstance(m, lora) for m in model.modules())
 
 
+def eva_components(model: TinyVLA, batches: Iterable[Obs], rank: int = 8, target: str = "backbone",
+                   max_batches: int = 500) -> dict[str, Tensor]:
+    """PEFT's EVA initialisation (Paischer et al., 2024: "explained variance adaptation"): for
+    every layer :func:`add_lora` wraps, the top-``rank`` principal directions of that layer's
+    inputs over ``batches`` (incremental PCA until they converge; PAD tokens left out), as the
+    ``(rank, d_in)`` rows its LoRA ``A`` starts from (``add_lora(..., eva=...)``). No rank
+    redistribution (``rho=1``): every layer keeps ``rank``. ``model`` is the model before LoRA
+    (the base); it is not changed. ``batches``: observation batches (e.g. the suite's frames);
+    they are cycled, and more than ``max_batches`` forward passes without convergence is an error.
+
+    Why it matters here: PEFT's default ``A`` is random and hardly moves in a short fine-tune, so
+    the row space of the LoRA task vector ``B A`` (what the test-time router reads) is random; with
+    EVA it is the subspace of the suite's own inputs.
+
+    >>> torch.manual_seed(0) is not None
+    True
+    >>> m = TinyVLA(VLAConfig(vision=False, state_dim=5, d_model=16, n_heads=2, n_layers=2))
+    >>> obs = {"state": torch.randn(32, 5), "proprio": torch.randn(32, 4),
+    ...        "instruction": torch.randint(1, 9, (32, 3))}
+    >>> comps = eva_components(m, [obs], rank=2)
+    >>> sorted(comps)[:2], tuple(comps["backbone.layers.0.attn.v_proj"].shape)
+    (['backbone.layers.0.attn.k_proj', 'backbone.layers.0.attn.out_proj'], (2, 16))
+    """
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"LoRA rank must be an integer >= 1, got {rank!r}")
+    if target not in LORA_TARGETS:
+        raise ValueError(f"unknown LoRA target {target!r}; choose one of {sorted(LORA_TARGETS)}")
+    if not isinstance(model, TinyVLA):
+        raise TypeError(f"eva_components expects a TinyVLA, got {type(model).__name__}")
+    if has_lora(model):
+        raise ValueError("the model already has LoRA layers: compute EVA components on the base")
+    peft = _peft()
+    from peft.tuners.lora.eva import get_eva_state_dict
+
+    cached = list(batches)
+    if not cached:
+        raise ValueError("eva_components needs at least one batch of observations")
+
+    class Capped:  # PEFT cycles its loader until every layer converged: stop it at max_batches
+        def __len__(self) -> int:
+            return len(cached)
+
+        def __iter__(self) -> Iterator[Obs]:
+            for i in range(max_batches):
+                yield cached[i % len(cached)]
+            raise RuntimeError(f"EVA's principal directions did not converge within {max_batches} "
+                               "batches: pass more (or larger) batches, or a larger max_batches")
+
+    config = peft.LoraConfig(r=rank, target_modules=LORA_TARGETS[target], init_lora_weights="eva",
+                             eva_config=peft.EvaConfig(rho=1.0))
+    was = model.training
+    model.eval()
+    try:
+        comps = get_eva_state_dict(
+            model, Capped(), peft_config=config, forward_fn=lambda m, obs: m.encode(obs),
+            prepare_model_inputs_fn=lambda obs, _cfg: model.token_valid_mask(obs),
+            prepare_layer_inputs_fn=lambda layer_input, valid, _name: layer_input[0][valid],
+            show_progress_bar=False)
+    finally:
+        model.train(was)
+    dtype = next(model.parameters()).dtype
+    return {name: c.detach().cpu().to(dtype).clone() for name, c in comps.items()}
+
+
 def add_lora(model: TinyVLA, rank: int = 8, alpha: float = 16.0, target: str = "backbone",
-             dropout: float = 0.0) -> TinyVLA:
+             dropout: float = 0.0, eva: Mapping[str, Tensor] | None = None) -> TinyVLA:
     """Wrap the backbone's ``nn.Linear`` layers with PEFT LoRA, in place, and return ``model``.
 
     ``target``: ``"backbone"`` (attention q/k/v/out and FFN fc1/fc2 of every layer) or
     ``"backbone_attention"`` (q/k/v/out only). PEFT's ``inject_adapter_in_model`` does the wrapping
     (``LoraConfig(target_modules=<full-name regex>)``), so the model stays a :class:`TinyVLA`; its
-    LoRA B matrices start at zero (the outputs are unchanged). Afterwards only the LoRA weights and
+    LoRA B matrices start at zero (the outputs are unchanged). ``A`` starts at PEFT's default
+    (random), or with ``eva`` (from :func:`eva_components`: one ``(rank, d_in)`` tensor per
+    wrapped layer, or for some of them, the rest keeping the default) at the principal
+    directions of each layer's inputs. Afterwards only the LoRA weights and
     the action expert are trainable (:func:`expert_trainable_parameters`). Undo with
     :func:`fold_lora`.
 
@@ -668,7 +761,28 @@ def add_lora(model: TinyVLA, rank: int = 8, alpha: float = 16.0, target: str = "
     peft = _peft()
     config = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
                              target_modules=LORA_TARGETS[target], bias="none")
+    if eva is not None:  # checked before the model changes
+        wrapped = [n for n, m in model.named_modules()
+                   if isinstance(m, nn.Linear) and re.fullmatch(LORA_TARGETS[target], n)]
+        unknown = sorted(set(eva) - set(wrapped))
+        if unknown:
+            raise ValueError(f"eva names layers LoRA does not wrap with target={target!r}: {unknown}; "
+                             f"compute them with eva_components(model, batches, rank={rank}, "
+                             f"target={target!r})")
+        wrapped = [n for n in wrapped if n in eva]  # the others keep PEFT's default A
+        for n in wrapped:
+            c = eva[n]
+            d_in = model.get_submodule(n).in_features
+            if not isinstance(c, Tensor) or tuple(c.shape) != (rank, d_in) or not bool(torch.isfinite(c).all()):
+                got = tuple(c.shape) if isinstance(c, Tensor) else type(c).__name__
+                raise ValueError(f"eva[{n!r}] must be a finite ({rank}, {d_in}) tensor (rank x "
+                                 f"in_features), got {got}")
     peft.inject_adapter_in_model(config, model)
+    if eva is not None:
+        with torch.no_grad():
+            for n in wrapped:
+                a = model.get_submodule(n).lora_A["default"].weight
+                a.copy_(eva[n].to(device=a.device, dtype=a.dtype))
     expert_trainable_parameters(model)
     return model
 

@@ -1,10 +1,12 @@
 """MergeVLA's training-free test-time task router.
 
 Each suite (task) ``t`` is described by the top-``k`` right singular vectors ``V_t`` (``(d_in,
-k)``, :func:`value_basis`) of its expert's value projection in the last *shared* action-expert
-block: the input directions that projection amplifies most. On the first observation of an
-episode the merged model is run once under each task's mask; ``h_t`` (``(tokens, d_in)``) is what
-that block's value projection reads under mask ``t``, and the task's score is
+k)``, :func:`value_basis`) of a weight of its expert: the input directions that weight amplifies
+most. In the reference that is the value projection of the last *shared* action-expert block;
+MergeVLA's experiment uses by default each expert's LoRA change to the first backbone layer's
+value projection (``router.source``, docs/mergevla.md). On the first observation of an episode
+the merged model is run once under each task's mask; ``h_t`` (``(tokens, d_in)``) is what that
+weight reads under mask ``t``, and the task's score is
 
     ``r_t = mean over tokens of ||V_t^T h_t||``            (:func:`route_scores`)
 
@@ -270,8 +272,8 @@ class TestTimeTaskRouter:
         return route_scores(hidden, self.bases, valid)
 
     def route(self, hidden_under: Callable[[int], Tensor], valid: Tensor | None = None) -> Route:
-        """Score every task on ``hidden_under(t)`` (the hidden states feeding the last shared
-        block under task ``t``'s mask, ``(tokens, d_in)`` or batched ``(B, tokens, d_in)``), pick
+        """Score every task on ``hidden_under(t)`` (the hidden states the basis weight reads
+        under task ``t``'s mask, ``(tokens, d_in)`` or batched ``(B, tokens, d_in)``), pick
         the best, and record it. Nothing is recorded when the inputs are invalid."""
         start = time.perf_counter()
         with torch.no_grad():

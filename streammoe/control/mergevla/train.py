@@ -50,7 +50,7 @@ from torch import Tensor
 
 from streammoe import checkpoint
 from streammoe.control.mergevla.data import SuiteData
-from streammoe.control.mergevla.model import TinyVLA, VLAConfig, add_lora, fold_lora
+from streammoe.control.mergevla.model import TinyVLA, VLAConfig, add_lora, eva_components, fold_lora
 from streammoe.runs import progress
 
 __all__ = ["STAGE_KIND", "STAGE_VERSION", "TrainSettings", "aux_targets", "cached_stage", "load_stage",
@@ -209,17 +209,38 @@ def train_base(model_cfg: VLAConfig, data: Mapping[str, SuiteData], settings: Tr
 
 def train_expert(model_cfg: VLAConfig, base: Mapping[str, Tensor], data: SuiteData,
                  settings: TrainSettings, *, lora_rank: int, lora_alpha: float, lora_target: str,
-                 shared_lr_scale: float = 1.0, seed: int, device: torch.device, log: LogFn | None = None
+                 shared_lr_scale: float = 1.0, lora_init: str = "default",
+                 eva_layers: Sequence[int] | None = None, eva_batches: int = 64,
+                 seed: int, device: torch.device, log: LogFn | None = None
                  ) -> tuple[dict[str, Tensor], list[dict[str, float]]]:
     """One suite's expert from the base: LoRA on the backbone + the action expert, trained on the
     suite's chunks, LoRA folded; returns the expert's state dict (CPU, the base's keys).
     ``shared_lr_scale``: the learning rate of the action expert's shared part (the blocks merging
-    averages) relative to ``settings.lr``; 0 freezes it."""
+    averages) relative to ``settings.lr``; 0 freezes it. ``lora_init``: ``"default"`` (PEFT's
+    random ``A``) or ``"eva"`` (``A`` from the principal directions of each wrapped layer's inputs
+    under the base, over ``eva_batches`` random batches of the suite's frames:
+    :func:`~streammoe.control.mergevla.model.eva_components`); ``eva_layers``: the backbone
+    layers that get EVA's ``A`` (``None``: every layer), the others keep PEFT's default."""
     if not 0.0 <= shared_lr_scale <= 1.0:
         raise ValueError(f"shared_lr_scale must be in [0, 1], got {shared_lr_scale}")
+    if lora_init not in ("default", "eva"):
+        raise ValueError(f"lora_init must be 'default' or 'eva', got {lora_init!r}")
+    bad = [i for i in (eva_layers or ()) if not 0 <= int(i) < model_cfg.n_layers]
+    if bad:
+        raise ValueError(f"eva_layers {bad} are not backbone layers [0, {model_cfg.n_layers})")
     model = TinyVLA(model_cfg)
     model.load_state_dict(base)
-    model = add_lora(model, rank=lora_rank, alpha=lora_alpha, target=lora_target).to(device)
+    model = model.to(device)
+    eva = None
+    if lora_init == "eva":
+        rng = np.random.default_rng(seed + 7919)
+        batches = [obs_batch(data, rng.integers(0, len(data), settings.batch_size), model_cfg.vision, device)
+                   for _ in range(eva_batches)]
+        eva = eva_components(model, batches, rank=lora_rank, target=lora_target)
+        if eva_layers is not None:
+            keep = tuple(f"backbone.layers.{int(i)}." for i in eva_layers)
+            eva = {n: c for n, c in eva.items() if n.startswith(keep)}
+    model = add_lora(model, rank=lora_rank, alpha=lora_alpha, target=lora_target, eva=eva).to(device)
     shared = model.shared_action_expert_prefixes()
     own = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith(shared)]
     common = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith(shared)]
