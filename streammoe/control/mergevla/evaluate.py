@@ -33,7 +33,7 @@ from streammoe_envs.metaworld import SUITES
 from streammoe_envs.metaworld.env import DEFAULT_CAMERA, MetaWorldTaskEnv
 
 from streammoe.control.mergevla.model import TinyVLA
-from streammoe.control.mergevla.router import TestTimeTaskRouter, confusion_matrix
+from streammoe.control.mergevla.router import Route, TestTimeTaskRouter, confusion_matrix
 from streammoe.runs import progress, pyplot, save_figure
 from streammoe.video import write_mp4
 
@@ -69,16 +69,20 @@ class SuitePolicy:
     def model_index(self, suite: str) -> int:
         return 0 if self.route == "single" else self.suites.index(suite)
 
-    def route_batch(self, batch: Mapping[str, torch.Tensor]):
+    def route_batch(self, batch: Mapping[str, torch.Tensor]) -> Route:
         """The router's decision on a batch of first observations (each suite's model reads it)."""
         if self.router is None:
             raise ValueError(f"route={self.route!r} has no router")
-        if self.router_layer is None:
-            return self.router.route(lambda t: self.models[t].hidden_into_last_shared_block(batch),
-                                     valid=self.models[0].memory_valid_mask(batch))
-        layer = int(self.router_layer)
-        return self.router.route(lambda t: self.models[t].hidden_into_backbone_layer(batch, layer),
-                                 valid=self.models[0].token_valid_mask(batch))
+        layer = self.router_layer
+        if layer is None:
+            def hidden(t: int) -> torch.Tensor:
+                return self.models[t].hidden_into_last_shared_block(batch)
+            valid = self.models[0].memory_valid_mask(batch)
+        else:
+            def hidden(t: int) -> torch.Tensor:
+                return self.models[t].hidden_into_backbone_layer(batch, int(layer))
+            valid = self.models[0].token_valid_mask(batch)
+        return self.router.route(hidden, valid=valid)
 
 
 @dataclass

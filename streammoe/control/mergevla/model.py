@@ -601,7 +601,6 @@ class TinyVLA(nn.Module):
             mem, valid = self.action_expert.block_memory(enc, i)
             return self.action_expert.blocks[i].memory(mem) * valid.unsqueeze(-1).to(mem.dtype)
 
-
     def backbone_value_key(self, layer: int) -> str:
         """State-dict key of backbone layer ``layer``'s attention value projection weight (its
         LoRA task vector is the router's basis with ``router.source=lora_task_vector``)."""
@@ -664,6 +663,18 @@ def has_lora(model: nn.Module) -> bool:
     return lora is not None and any(isinstance(m, lora) for m in model.modules())
 
 
+def _check_lora_request(model: TinyVLA, rank: int, target: str, caller: str, has_lora_error: str) -> None:
+    """The checks :func:`eva_components` and :func:`add_lora` share (before anything changes)."""
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"LoRA rank must be an integer >= 1, got {rank!r}")
+    if target not in LORA_TARGETS:
+        raise ValueError(f"unknown LoRA target {target!r}; choose one of {sorted(LORA_TARGETS)}")
+    if not isinstance(model, TinyVLA):
+        raise TypeError(f"{caller} expects a TinyVLA, got {type(model).__name__}")
+    if has_lora(model):
+        raise ValueError(has_lora_error)
+
+
 def eva_components(model: TinyVLA, batches: Iterable[Obs], rank: int = 8, target: str = "backbone",
                    max_batches: int = 500) -> dict[str, Tensor]:
     """PEFT's EVA initialisation (Paischer et al., 2024: "explained variance adaptation"): for
@@ -687,14 +698,8 @@ def eva_components(model: TinyVLA, batches: Iterable[Obs], rank: int = 8, target
     >>> sorted(comps)[:2], tuple(comps["backbone.layers.0.attn.v_proj"].shape)
     (['backbone.layers.0.attn.k_proj', 'backbone.layers.0.attn.out_proj'], (2, 16))
     """
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise ValueError(f"LoRA rank must be an integer >= 1, got {rank!r}")
-    if target not in LORA_TARGETS:
-        raise ValueError(f"unknown LoRA target {target!r}; choose one of {sorted(LORA_TARGETS)}")
-    if not isinstance(model, TinyVLA):
-        raise TypeError(f"eva_components expects a TinyVLA, got {type(model).__name__}")
-    if has_lora(model):
-        raise ValueError("the model already has LoRA layers: compute EVA components on the base")
+    _check_lora_request(model, rank, target, "eva_components",
+                        "the model already has LoRA layers: compute EVA components on the base")
     peft = _peft()
     from peft.tuners.lora.eva import get_eva_state_dict
 
@@ -746,18 +751,12 @@ def add_lora(model: TinyVLA, rank: int = 8, alpha: float = 16.0, target: str = "
     >>> sorted({n.split(".")[0] for n, p in m.named_parameters() if p.requires_grad})
     ['action_expert', 'backbone']
     """
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise ValueError(f"LoRA rank must be an integer >= 1, got {rank!r}")
     if not alpha > 0:
         raise ValueError(f"LoRA alpha must be > 0, got {alpha!r}")
-    if target not in LORA_TARGETS:
-        raise ValueError(f"unknown LoRA target {target!r}; choose one of {sorted(LORA_TARGETS)}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout}")
-    if not isinstance(model, TinyVLA):
-        raise TypeError(f"add_lora expects a TinyVLA, got {type(model).__name__}")
-    if has_lora(model):
-        raise ValueError("the model already has LoRA layers; fold_lora(model) first")
+    _check_lora_request(model, rank, target, "add_lora",
+                        "the model already has LoRA layers; fold_lora(model) first")
     peft = _peft()
     config = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
                              target_modules=LORA_TARGETS[target], bias="none")
