@@ -19,7 +19,7 @@ from streammoe.config import ConfigError
 from streammoe.control.mergevla.config import variant_parts
 from streammoe.control.mergevla.evaluate import SuitePolicy
 from streammoe.control.mergevla.merging import load_masks
-from streammoe.control.mergevla.model import TinyVLA, VLAConfig
+from streammoe.control.mergevla.model import TinyVLA, VLAConfig, lora_module_names
 from streammoe.control.mergevla.train import cached_stage, random_shift
 from tests.conftest import compose_config
 
@@ -236,16 +236,18 @@ def test_bench_script_runs_the_smoke_grid_and_writes_its_table(tmp_path):
 
 @pytest.mark.parametrize("override, match", [
     ("mergevla.router.layer=5", "router.layer"),
-    ("mergevla.router.k=16", "rank of a LoRA task vector"),
+    ("mergevla.router.k=32", "rank of a LoRA task vector"),
     ("mergevla.router.source=anywhere", "router.source"),
     ("mergevla.expert.lora_init=pissa", "lora_init"),
     ("mergevla.expert.eva_layers=[3]", "eva_layers"),
+    ("mergevla.expert.eva_modules=[attn.w_proj]", "eva_modules"),
+    ("mergevla.expert.eva_modules=[ffn.fc1] mergevla.expert.lora_target=backbone_attention", "eva_modules"),
 ])
 def test_router_and_lora_init_settings_are_checked(override, match):
     from streammoe.control.mergevla.config import validated
 
     with pytest.raises(ConfigError, match=match):
-        validated(compose_config(["experiment=mergevla", override]))
+        validated(compose_config(["experiment=mergevla", *override.split()]))
 
 
 def _suite_with_words(words, suite, seed):
@@ -257,10 +259,12 @@ def _suite_with_words(words, suite, seed):
     return data
 
 
-def test_the_lora_task_vector_router_separates_eva_experts():
+@pytest.mark.parametrize("eva_layers, eva_modules", [(None, None), ([0], ["attn.v_proj"])])
+def test_the_lora_task_vector_router_separates_eva_experts(eva_layers, eva_modules, monkeypatch):
     """Two suites that differ in their instructions: experts fine-tuned from one base with EVA's
-    LoRA init; each expert's task vector of layer 0's value projection, read on the first
-    observation under each suite's model, routes every episode to its own suite."""
+    LoRA init (everywhere, or only where the router reads: layer 0's value projection); each
+    expert's task vector of layer 0's value projection, read on the first observation under each
+    suite's model, routes every episode to its own suite."""
     from streammoe.control.mergevla.router import TestTimeTaskRouter
     from streammoe.control.mergevla.train import TrainSettings, train_expert
 
@@ -269,9 +273,18 @@ def test_the_lora_task_vector_router_separates_eva_experts():
     settings = TrainSettings(steps=5, batch_size=8, lr=1e-2, weight_decay=0.0, grad_clip=1.0, shift=0,
                              log_every=5)
     suites = [_suite_with_words([7, 1, 15], "drawer", 1), _suite_with_words([3, 9, 22], "button", 2)]
+    import streammoe.control.mergevla.train as train_module
+
+    eva_names = []  # the layers whose A starts at EVA's, as train_expert hands them to add_lora
+    real_add_lora = train_module.add_lora
+    monkeypatch.setattr(train_module, "add_lora",
+                        lambda *a, eva=None, **kw: eva_names.append(sorted(eva)) or real_add_lora(*a, eva=eva, **kw))
     experts = [train_expert(cfg, base, d, settings, lora_rank=2, lora_alpha=4.0, lora_target="backbone",
-                            shared_lr_scale=0.0, lora_init="eva", seed=i, device=torch.device("cpu"))[0]
+                            shared_lr_scale=0.0, lora_init="eva", eva_layers=eva_layers,
+                            eva_modules=eva_modules, seed=i, device=torch.device("cpu"))[0]
                for i, d in enumerate(suites)]
+    wrapped = [f"backbone.layers.{i}.{m}" for i in range(2) for m in lora_module_names("backbone")]
+    assert eva_names == [["backbone.layers.0.attn.v_proj"] if eva_modules else sorted(wrapped)] * 2
     models = []
     for sd in experts:
         m = TinyVLA(cfg)
@@ -286,6 +299,10 @@ def test_the_lora_task_vector_router_separates_eva_experts():
     with pytest.raises(ValueError, match="eva_layers"):
         train_expert(cfg, base, suites[0], settings, lora_rank=2, lora_alpha=4.0, lora_target="backbone",
                      lora_init="eva", eva_layers=[2], seed=0, device=torch.device("cpu"))
+    with pytest.raises(ValueError, match="eva_modules"):
+        train_expert(cfg, base, suites[0], settings, lora_rank=2, lora_alpha=4.0,
+                     lora_target="backbone_attention", lora_init="eva", eva_modules=["ffn.fc1"], seed=0,
+                     device=torch.device("cpu"))
     with pytest.raises(ValueError, match="lora_init"):
         train_expert(cfg, base, suites[0], settings, lora_rank=2, lora_alpha=4.0, lora_target="backbone",
                      lora_init="pissa", seed=0, device=torch.device("cpu"))

@@ -128,6 +128,7 @@ class ExpertSettings(StageTrainSettings):
     shared_lr_scale: float = MISSING  # lr of the shared action-expert blocks / lr (0: frozen)
     lora_init: str = MISSING      # default (PEFT's random A) | eva (A from the inputs' PCA)
     eva_layers: list[int] | None = None  # backbone layers with EVA's A (None: all)
+    eva_modules: list[str] | None = None  # modules of those layers with EVA's A (None: all wrapped)
 
     def check(self, at: str) -> None:
         super().check(at)
@@ -139,6 +140,10 @@ class ExpertSettings(StageTrainSettings):
         one_of(f"{at}lora_init", self.lora_init, LORA_INITS)
         for i, layer in enumerate(self.eva_layers or ()):
             at_least(f"{at}eva_layers[{i}]", layer, 0)
+        from streammoe.control.mergevla.model import lora_module_names
+
+        for i, module in enumerate(self.eva_modules or ()):
+            one_of(f"{at}eva_modules[{i}]", module, lora_module_names(self.lora_target))
 
 
 @dataclass

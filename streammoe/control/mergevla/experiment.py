@@ -132,6 +132,7 @@ class Pipeline:
                                            device=self.device, log=self._log(f"base/{action_head}"))[0]})
         e = self.c.expert
         eva_layers = None if e.eva_layers is None else [int(i) for i in e.eva_layers]
+        eva_modules = None if e.eva_modules is None else [str(m) for m in e.eva_modules]
         experts, fps = [], []
         for i, suite in enumerate(self.suites):
             settings = {"model": cfg.to_dict(), "train": _train_settings(e).to_dict(), "suite": suite,
@@ -142,13 +143,15 @@ class Pipeline:
                 settings["lora_init"] = str(e.lora_init)
                 if eva_layers is not None:
                     settings["eva_layers"] = eva_layers
+                if eva_modules is not None:
+                    settings["eva_modules"] = eva_modules
             state, fp, _ = cached_stage(
                 self.cache, f"expert_{suite}_s{self.seed}", settings, [base_fp],
                 lambda suite=suite, i=i: {"weights": train_expert(
                     cfg, base["weights"], data[suite], _train_settings(e), lora_rank=int(e.lora_rank),
                     lora_alpha=float(e.lora_alpha), lora_target=str(e.lora_target),
                     shared_lr_scale=float(e.shared_lr_scale), lora_init=str(e.lora_init),
-                    eva_layers=eva_layers,
+                    eva_layers=eva_layers, eva_modules=eva_modules,
                     seed=self.seed * 1000 + i + 1, device=self.device,
                     log=self._log(f"expert/{action_head}/{suite}"))[0]})
             experts.append(state["weights"])

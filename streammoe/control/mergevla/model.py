@@ -82,6 +82,7 @@ __all__ = [
     "ACTION_HEADS",
     "ChunkExecutor",
     "Encoding",
+    "LORA_MODULES",
     "LORA_TARGETS",
     "TinyVLA",
     "VLAConfig",
@@ -91,6 +92,7 @@ __all__ = [
     "expert_trainable_parameters",
     "fold_lora",
     "has_lora",
+    "lora_module_names",
     "shared_block_value_projection",
 ]
 
@@ -98,10 +100,28 @@ ACTION_HEADS = ("cross_attention", "self_attention")
 
 # add_lora targets: full names (re.fullmatch, as PEFT applies a string target_modules) of the
 # backbone's nn.Linear layers.
-LORA_TARGETS: dict[str, str] = {
-    "backbone": r"backbone\.layers\.\d+\.(attn\.(q_proj|k_proj|v_proj|out_proj)|ffn\.(fc1|fc2))",
-    "backbone_attention": r"backbone\.layers\.\d+\.attn\.(q_proj|k_proj|v_proj|out_proj)",
+_ATTENTION_MODULES = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.out_proj")
+# the linear modules of one backbone layer that each LoRA target wraps
+LORA_MODULES: dict[str, tuple[str, ...]] = {
+    "backbone": (*_ATTENTION_MODULES, "ffn.fc1", "ffn.fc2"),
+    "backbone_attention": _ATTENTION_MODULES,
 }
+# PEFT's target_modules: those modules in every backbone layer
+LORA_TARGETS: dict[str, str] = {
+    target: r"backbone\.layers\.\d+\.(" + "|".join(re.escape(m) for m in modules) + ")"
+    for target, modules in LORA_MODULES.items()
+}
+
+
+def lora_module_names(target: str) -> tuple[str, ...]:
+    """The modules of one backbone layer that LoRA ``target`` wraps.
+
+    >>> lora_module_names("backbone_attention")
+    ('attn.q_proj', 'attn.k_proj', 'attn.v_proj', 'attn.out_proj')
+    """
+    if target not in LORA_MODULES:
+        raise ValueError(f"unknown LoRA target {target!r}; choose one of {list(LORA_MODULES)}")
+    return LORA_MODULES[target]
 
 Obs = Mapping[str, Tensor]
 

@@ -50,7 +50,14 @@ from torch import Tensor
 
 from streammoe import checkpoint
 from streammoe.control.mergevla.data import SuiteData
-from streammoe.control.mergevla.model import TinyVLA, VLAConfig, add_lora, eva_components, fold_lora
+from streammoe.control.mergevla.model import (
+    TinyVLA,
+    VLAConfig,
+    add_lora,
+    eva_components,
+    fold_lora,
+    lora_module_names,
+)
 from streammoe.runs import progress
 
 __all__ = ["STAGE_KIND", "STAGE_VERSION", "TrainSettings", "aux_targets", "cached_stage", "load_stage",
@@ -210,7 +217,8 @@ def train_base(model_cfg: VLAConfig, data: Mapping[str, SuiteData], settings: Tr
 def train_expert(model_cfg: VLAConfig, base: Mapping[str, Tensor], data: SuiteData,
                  settings: TrainSettings, *, lora_rank: int, lora_alpha: float, lora_target: str,
                  shared_lr_scale: float = 1.0, lora_init: str = "default",
-                 eva_layers: Sequence[int] | None = None, eva_batches: int = 64,
+                 eva_layers: Sequence[int] | None = None, eva_modules: Sequence[str] | None = None,
+                 eva_batches: int = 64,
                  seed: int, device: torch.device, log: LogFn | None = None
                  ) -> tuple[dict[str, Tensor], list[dict[str, float]]]:
     """One suite's expert from the base: LoRA on the backbone + the action expert, trained on the
@@ -220,7 +228,9 @@ def train_expert(model_cfg: VLAConfig, base: Mapping[str, Tensor], data: SuiteDa
     random ``A``) or ``"eva"`` (``A`` from the principal directions of each wrapped layer's inputs
     under the base, over ``eva_batches`` random batches of the suite's frames:
     :func:`~streammoe.control.mergevla.model.eva_components`); ``eva_layers``: the backbone
-    layers that get EVA's ``A`` (``None``: every layer), the others keep PEFT's default."""
+    layers that get EVA's ``A`` (``None``: every layer), ``eva_modules``: the modules of those
+    layers that do (names as :func:`~streammoe.control.mergevla.model.lora_module_names`;
+    ``None``: every wrapped one); the others keep PEFT's default."""
     if not 0.0 <= shared_lr_scale <= 1.0:
         raise ValueError(f"shared_lr_scale must be in [0, 1], got {shared_lr_scale}")
     if lora_init not in ("default", "eva"):
@@ -228,6 +238,11 @@ def train_expert(model_cfg: VLAConfig, base: Mapping[str, Tensor], data: SuiteDa
     bad = [i for i in (eva_layers or ()) if not 0 <= int(i) < model_cfg.n_layers]
     if bad:
         raise ValueError(f"eva_layers {bad} are not backbone layers [0, {model_cfg.n_layers})")
+    modules = lora_module_names(lora_target)
+    bad_modules = [m for m in (eva_modules or ()) if m not in modules]
+    if bad_modules:
+        raise ValueError(f"eva_modules {bad_modules} are not modules LoRA target {lora_target!r} wraps: "
+                         f"choose from {list(modules)}")
     model = TinyVLA(model_cfg)
     model.load_state_dict(base)
     model = model.to(device)
@@ -240,6 +255,8 @@ def train_expert(model_cfg: VLAConfig, base: Mapping[str, Tensor], data: SuiteDa
         if eva_layers is not None:
             keep = tuple(f"backbone.layers.{int(i)}." for i in eva_layers)
             eva = {n: c for n, c in eva.items() if n.startswith(keep)}
+        if eva_modules is not None:
+            eva = {n: c for n, c in eva.items() if n.split(".", 3)[3] in eva_modules}
     model = add_lora(model, rank=lora_rank, alpha=lora_alpha, target=lora_target, eva=eva).to(device)
     shared = model.shared_action_expert_prefixes()
     own = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith(shared)]
