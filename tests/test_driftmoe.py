@@ -149,6 +149,11 @@ def test_invalid_parameters_are_rejected() -> None:
         DriftMoEClassifier(memory_budget_mb=-1.0)
     with pytest.raises(ValueError, match="memory_estimate_period"):
         DriftMoEClassifier(memory_estimate_period=0)
+    for bad in (-1.0, 1e9, True, "6"):
+        with pytest.raises(ValueError, match="poisson_lambda"):
+            DriftMoEData(poisson_lambda=bad)
+    with pytest.raises(ValueError, match="poisson_lambda"):
+        DriftMoEData(faithful=True, poisson_lambda=6.0)
 
 
 def test_tree_settings_follow_faithful_unless_given() -> None:
@@ -262,6 +267,31 @@ def test_only_top_k_experts_learn_each_instance() -> None:
         grew = [s - b for s, b in zip(seen, seen_before)]
         assert sorted(grew) == [0, 0, 0, 0, 1, 1]
         seen_before = seen
+
+
+def test_poisson_lambda_weights_what_the_top_k_experts_learn() -> None:
+    """With ``poisson_lambda`` the top-k still are the only learners, each with a Poisson weight
+    (0 skips the row): the weight the experts saw is about lambda x top_k per row."""
+    model = DriftMoEData(n_experts=6, top_k=2, hidden_sizes=(16,), batch_size=16, poisson_lambda=6.0,
+                         drift_detector="none", seed=0)
+    n_rows = 200
+    for x, y in phishing(n_rows):
+        seen_before = [e._train_weight_seen_by_model for e in model.experts]
+        model.learn_one(x, y)
+        grew = [e._train_weight_seen_by_model - b for e, b in zip(model.experts, seen_before)]
+        assert sum(g > 0 for g in grew) <= 2 and all(g == int(g) for g in grew)
+    total = sum(e._train_weight_seen_by_model for e in model.experts)
+    assert 6.0 * 2 * n_rows * 0.9 < total < 6.0 * 2 * n_rows * 1.1
+    # the improved default resamples with lambda 3; faithful and poisson_lambda=0 learn each row once
+    for params, rows_weight in (({}, None), ({"faithful": True}, 2.0), ({"poisson_lambda": 0.0}, 2.0)):
+        model = DriftMoEData(n_experts=6, top_k=2, hidden_sizes=(16,), batch_size=16, seed=0, **params)
+        for x, y in phishing(50):
+            model.learn_one(x, y)
+        total = sum(e._train_weight_seen_by_model for e in model.experts)
+        if rows_weight is None:
+            assert 2.0 * 2 * 50 < total < 4.0 * 2 * 50
+        else:
+            assert total <= rows_weight * 50 and (params.get("faithful") or total == rows_weight * 50)
 
 
 def test_learns_a_drifting_stream_better_than_chance() -> None:
@@ -437,16 +467,19 @@ def test_any_river_drift_detector_can_be_passed() -> None:
     assert off.n_resets == 0 and off.n_drifts == 0
 
 
-def test_feature_subspaces_make_each_leaf_watch_sqrt_d_features() -> None:
-    model = DriftMoEData(**SMALL, max_features="sqrt", seed=0)
+def test_feature_subspaces_make_each_leaf_watch_the_set_number_of_features() -> None:
+    model = DriftMoEData(**SMALL, max_features="sqrt", poisson_lambda=0.0, seed=0)
     rng = np.random.default_rng(0)
-    for _ in range(15):  # < grace_period: the roots are still leaves
+    for _ in range(15):  # < grace_period (weight 1 a row): the roots are still leaves
         x = {f"f{i}": float(v) for i, v in enumerate(rng.normal(size=16))}
         model.learn_one(x, int(x["f0"] > 0))
     learned = [e for e in model.experts if e._root is not None]
     assert learned and all(len(e._root.splitters) == 4 for e in learned)  # sqrt(16)
-    full = DriftMoEData(**SMALL, seed=0)
-    for _ in range(15):
-        x = {f"f{i}": float(v) for i, v in enumerate(rng.normal(size=16))}
-        full.learn_one(x, int(x["f0"] > 0))
-    assert all(len(e._root.splitters) == 16 for e in full.experts if e._root is not None)
+    # 1.0: every feature; the improved default: every feature up to 10, then 10 random ones
+    for params, width, watched in (({"max_features": 1.0}, 16, 16), ({}, 16, 10), ({}, 8, 8)):
+        other = DriftMoEData(**SMALL, poisson_lambda=0.0, seed=0, **params)
+        for _ in range(15):
+            x = {f"f{i}": float(v) for i, v in enumerate(rng.normal(size=width))}
+            other.learn_one(x, int(x["f0"] > 0))
+        learned = [e for e in other.experts if e._root is not None]
+        assert learned and all(len(e._root.splitters) == watched for e in learned)

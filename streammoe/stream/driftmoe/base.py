@@ -94,15 +94,18 @@ class BaseDriftMoE(base.Classifier):
     """Shared machinery of :class:`~streammoe.stream.DriftMoEData` and
     :class:`~streammoe.stream.DriftMoETask` (not used directly).
 
-    ``None`` for ``dropout``, ``batch_size``, ``delta``, ``leaf_prediction``, ``memory_budget_mb``
-    and ``memory_estimate_period`` means the paper's value when ``faithful`` and the tuned one
-    otherwise (each mode's ``_PAPER`` and ``_TUNED`` tables, ``docs/driftmoe.md``).
+    ``None`` for ``dropout``, ``batch_size``, ``delta``, ``leaf_prediction``, ``max_features``,
+    ``memory_budget_mb`` and ``memory_estimate_period`` means the paper's value when ``faithful``
+    and the tuned one otherwise (each mode's ``_PAPER`` and ``_TUNED`` tables,
+    ``docs/driftmoe.md``).
     """
 
     _PAPER: dict[str, Any] = {"dropout": 0.2, "delta": 1e-7, "leaf_prediction": "nba",
-                              "memory_budget_mb": None, "memory_estimate_period": 1_000_000}
+                              "memory_budget_mb": None, "memory_estimate_period": 1_000_000,
+                              "max_features": None}
     _TUNED: dict[str, Any] = {"dropout": 0.2, "delta": 0.01, "leaf_prediction": "nba",
-                              "memory_budget_mb": 16.0, "memory_estimate_period": 10_000}
+                              "memory_budget_mb": 16.0, "memory_estimate_period": 10_000,
+                              "max_features": None}
 
     def __init__(self, hidden_sizes: tuple[int, ...], dropout: float | None, lr: float,
                  batch_size: int | None, grace_period: int, delta: float | None, tau: float,
@@ -258,7 +261,7 @@ class BaseDriftMoE(base.Classifier):
                       nb_threshold=0, merit_preprune=False, max_size=self._tree_max_size,
                       memory_estimate_period=self._setting("memory_estimate_period"))
         self._n_trees_made += 1
-        if self.max_features is None:
+        if self._setting("max_features") is None:
             return tree.HoeffdingTreeClassifier(**params)
         # The subspace size follows the features seen (set again as new features appear).
         n_sub = self._subspace_size(max(len(self._features), 1))
@@ -266,7 +269,7 @@ class BaseDriftMoE(base.Classifier):
         return BaseTreeClassifier(max_features=n_sub, rng=random.Random(seed), **params)
 
     def _subspace_size(self, d: int) -> int:
-        mf = self.max_features
+        mf = self._setting("max_features")
         if mf == "sqrt":
             m = round(math.sqrt(d))
         elif mf == "log2":
@@ -364,7 +367,7 @@ class BaseDriftMoE(base.Classifier):
         self._inv_std = np.concatenate([self._inv_std, zeros])
         if self._router is not None:
             self._router.grow_inputs(len(self._features))
-        if self.max_features is not None:
+        if self._setting("max_features") is not None:
             n_sub = self._subspace_size(len(self._features))
             for expert in self._experts:  # leaves made from now on watch n_sub features
                 expert.max_features = n_sub
