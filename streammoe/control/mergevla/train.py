@@ -252,11 +252,10 @@ def train_expert(model_cfg: VLAConfig, base: Mapping[str, Tensor], data: SuiteDa
         batches = [obs_batch(data, rng.integers(0, len(data), settings.batch_size), model_cfg.vision, device)
                    for _ in range(eva_batches)]
         eva = eva_components(model, batches, rank=lora_rank, target=lora_target)
-        if eva_layers is not None:
-            keep = tuple(f"backbone.layers.{int(i)}." for i in eva_layers)
-            eva = {n: c for n, c in eva.items() if n.startswith(keep)}
-        if eva_modules is not None:
-            eva = {n: c for n, c in eva.items() if n.split(".", 3)[3] in eva_modules}
+        layers = range(model_cfg.n_layers) if eva_layers is None else eva_layers
+        names = modules if eva_modules is None else eva_modules
+        keep = {f"backbone.layers.{int(i)}.{m}" for i in layers for m in names}
+        eva = {n: c for n, c in eva.items() if n in keep}  # the others keep PEFT's default A
     model = add_lora(model, rank=lora_rank, alpha=lora_alpha, target=lora_target, eva=eva).to(device)
     shared = model.shared_action_expert_prefixes()
     own = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith(shared)]
