@@ -47,7 +47,8 @@ def parse_variant(spec: str) -> tuple[str, str, dict[str, Any]]:
 
 
 def run_job(stream: str, seed: int, scale: float, n_instances: int | None, learners: list[str],
-            job_dir: Path, variants: list[str] | None = None) -> dict[str, Any]:
+            job_dir: Path, variants: list[str] | None = None,
+            learn_first: list[str] | None = None) -> dict[str, Any]:
     import torch
 
     from streammoe.stream.driftmoe import warm_up_torch
@@ -60,7 +61,8 @@ def run_job(stream: str, seed: int, scale: float, n_instances: int | None, learn
     if path.exists():  # resumable: a finished job with the same learners is not run again
         done = json.loads(path.read_text())
         if list(done["learners"]) == wanted and done.get("scale") == scale and \
-                done.get("n_instances") == n_instances:
+                done.get("n_instances") == n_instances and \
+                done.get("learn_first", []) == sorted(learn_first or []):
             return done
     torch.set_num_threads(1)  # 2 workers on a shared machine
     warm_up_torch()  # one-time imports stay out of the timed part
@@ -84,8 +86,9 @@ def run_job(stream: str, seed: int, scale: float, n_instances: int | None, learn
             f.write(f"{n},{time.time() - start:.1f}," + ",".join(f"{acc[k]:.5f}" for k in learners) + "\n")
 
     results = prequential(models, s, window=max(1000, s.n_instances // 100), desc=f"{stream}/{seed}",
-                          on_window=log_progress)
+                          on_window=log_progress, learn_first=learn_first or ())
     job = {"stream": stream, "seed": seed, "scale": scale, "n_instances": n_instances,
+           "learn_first": sorted(learn_first or []),
            "n": s.n_instances, "drifts": s.drifts,
            "wall_s": time.time() - start,
            "learners": {name: {**r.summary(), "window_accuracy": r.window_accuracy,
@@ -140,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--learners", default=ALL_LEARNERS)
     p.add_argument("--variant", action="append", default=[],
                    help="an extra learner NAME=KIND:JSON (a preset with other settings), repeatable")
+    p.add_argument("--learn-first", default="",
+                   help="learners (or variant names) evaluated learn-then-predict, the DriftMoE "
+                        "reference code's order (the label is seen before the prediction: not a "
+                        "valid prequential score; for the fidelity check in docs/driftmoe.md)")
     p.add_argument("--n-jobs", type=int, default=2)
     p.add_argument("--out", default="results/driftmoe_bench.json")
     p.add_argument("--aggregate-only", action="store_true", help="table from finished jobs only")
@@ -158,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         # Seed-major order: every stream gets its first seed before any gets a second.
         grid = [(s, seed) for seed in seeds for s in streams]
         jobs = Parallel(n_jobs=min(a.n_jobs, 2), verbose=0)(
-            delayed(run_job)(s, seed, a.scale, a.n_instances, learners, job_dir, a.variant)
+            delayed(run_job)(s, seed, a.scale, a.n_instances, learners, job_dir, a.variant,
+                             [n for n in a.learn_first.split(",") if n])
             for s, seed in grid)
     if not jobs:
         print(f"no finished jobs in {job_dir}", file=sys.stderr)

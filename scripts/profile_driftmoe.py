@@ -101,19 +101,24 @@ def profile_learner(kind: str, rows: list[tuple[dict, Any]], params: dict[str, A
 
 
 def router_step_timing(repeats: int = 3, rows: int = 4000) -> list[dict[str, Any]]:
-    """The router's cost per row with fused vs plain Adam, side by side (interleaved repeats), at
-    task mode's (4 rows per step, 2 outputs) and data mode's (256 rows, 12 outputs) settings."""
+    """The router's training cost per row, side by side (interleaved repeats), at task mode's (4
+    rows per step, 2 outputs) and data mode's (256 rows, 12 outputs) settings: a NumPy backward
+    pass with fused Adam vs torch's autograd with fused Adam vs autograd with plain Adam (the
+    router's ``backward="auto"`` takes NumPy for task mode's 4 rows, autograd for 256)."""
     import numpy as np
 
     from streammoe.routing import OnlineRouter
 
+    variants = {"numpy_fused": {"backward": "numpy", "fused_adam": True},
+                "autograd_fused": {"backward": "autograd", "fused_adam": True},
+                "autograd_plain": {"backward": "autograd", "fused_adam": False}}
     out = []
     for mode, n_out, batch in (("task", 2, 4), ("data", 12, 256)):
-        seconds = {"fused": 0.0, "plain": 0.0}
+        seconds = dict.fromkeys(variants, 0.0)
         for _ in range(repeats):
-            for kind in seconds:
+            for kind, kwargs in variants.items():
                 r = OnlineRouter(50, n_out, hidden=(256, 128), lr=2e-3, batch_rows=batch,
-                                 fused_adam=kind == "fused", seed=0)
+                                 dropout=0.2 if mode == "data" else 0.0, seed=0, **kwargs)
                 x, t = np.random.default_rng(0).normal(size=50), np.eye(n_out)[0]
                 for _ in range(2 * batch):  # warm up
                     r.push(x, t)
@@ -122,9 +127,11 @@ def router_step_timing(repeats: int = 3, rows: int = 4000) -> list[dict[str, Any
                     r.push(x, t)
                 seconds[kind] += time.perf_counter() - start
         per_row = {k: 1e6 * v / (repeats * rows) for k, v in seconds.items()}
-        out.append({"mode": mode, "rows_per_step": batch, "n_out": n_out,
-                    "fused_us_per_row": per_row["fused"], "plain_us_per_row": per_row["plain"],
-                    "plain_over_fused": per_row["plain"] / per_row["fused"]})
+        row: dict[str, Any] = {"mode": mode, "rows_per_step": batch, "n_out": n_out}
+        row.update({f"{k}_us_per_row": v for k, v in per_row.items()})
+        row.update({f"{k}_over_numpy_fused": per_row[k] / per_row["numpy_fused"]
+                    for k in variants if k != "numpy_fused"})
+        out.append(row)
     return out
 
 
@@ -173,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     warm_up_torch()
     if a.router_only:
         steps, forward = router_step_timing(), router_forward_timing()
-        print(format_table(steps, title="Router training cost per row: fused vs plain Adam"))
+        print(format_table(steps, title="Router training cost per row: NumPy backward vs autograd, fused vs plain Adam"))
         print(format_table([forward], title="Router scores of one row: NumPy vs torch"))
         if a.out:
             Path(a.out).write_text(json.dumps(to_jsonable({
@@ -200,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             print(format_table([row]), flush=True)
     print(format_table(table, title=f"DriftMoE time per instance ({a.n} instances, one process)"))
     steps = router_step_timing()
-    print(format_table(steps, title="Router training cost per row: fused vs plain Adam (50 inputs)"))
+    print(format_table(steps, title="Router training cost per row: NumPy backward vs autograd, fused vs plain Adam (50 inputs)"))
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(to_jsonable({"command": " ".join(sys.argv),

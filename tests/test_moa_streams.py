@@ -129,3 +129,49 @@ def test_streams_without_moa_version_are_refused():
     for name in sorted(set(STREAMS) - set(MOA_STREAMS)):  # River-only streams, if any
         with pytest.raises(ValueError, match="no MOA version"):
             make_moa_stream(name, scale=0.001)
+
+
+@needs_moa
+def test_moa_classifier_learns_moa_instances_like_rivers_tree():
+    """``moa_classifier`` builds MOA's Hoeffding tree (the reference code's expert) over a MOA
+    stream's own instances; prequentially it scores like River's tree with the same settings
+    (``scripts/compare_moa_trees.py`` at 1M rows)."""
+    from streammoe.stream.learners import make_learner
+
+    s = make_moa_stream("SEAa", scale=0.002, seed=1)  # 2,000 rows
+    stream = s.moa_stream()
+    tree = moa_streams.moa_classifier("trees.HoeffdingTree -g 50 -c 1e-7", stream.getHeader())
+    river_tree = make_learner("ht")
+    right = {"moa": 0, "river": 0}
+    for (x, y), _ in zip(s, range(s.n_instances)):
+        inst = stream.nextInstance().getData()
+        assert int(inst.classValue()) == y  # the same rows
+        votes = list(tree.getVotesForInstance(inst))
+        right["moa"] += bool(votes) and sum(votes) > 0 and int(np.argmax(votes)) == y
+        right["river"] += river_tree.predict_one(x) == y
+        tree.trainOnInstance(inst)
+        river_tree.learn_one(x, y)
+    majority = max(np.bincount([y for _, y in s])) / s.n_instances
+    assert right["moa"] / s.n_instances > majority + 0.1
+    assert abs(right["moa"] - right["river"]) / s.n_instances < 0.03
+
+
+@needs_moa
+def test_faithful_driftmoe_runs_with_moa_trees_as_experts():
+    """``scripts/driftmoe_moa_experts.py``: faithful MoE-Data whose ``_new_tree`` hook returns MOA's
+    tree behind River's API; it learns a MOA stream and its experts are MOA's trees."""
+    import runpy
+    from pathlib import Path
+
+    from streammoe.stream.evaluation import prequential
+
+    script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" /
+                                "driftmoe_moa_experts.py"), run_name="moa_experts")
+    s = make_moa_stream("SEAa", scale=0.002, seed=1)  # 2,000 rows
+    models = script["make_models"](s.moa_stream().getHeader(), seed=1)
+    res = prequential(models, s, window=500, memory_checkpoints=1)
+    experts = models["moa_trees"]._experts
+    assert len(experts) == 12 and all(isinstance(e, script["MOATree"]) for e in experts)
+    assert res["moa_trees"].accuracy > 0.75 and res["river_trees"].accuracy > 0.75
+    proba = experts[0].predict_proba_one({0: 5.0, 1: 5.0, 2: 5.0})
+    assert not proba or abs(sum(proba.values()) - 1) < 1e-9

@@ -82,3 +82,49 @@ def test_rejects_what_the_numpy_path_cannot_compute() -> None:
         OnlineRouter(3, 2, activation="tanh")
     with pytest.raises(ValueError, match="batch_rows"):
         OnlineRouter(3, 2, batch_rows=0)
+
+
+def test_numpy_backward_gives_autograds_gradient_and_training() -> None:
+    """The default NumPy backward pass (same dropout masks from the router's generator) gives
+    autograd's gradient, and a router trained with it, growing on the way, stays with one trained
+    by autograd (float32 rounding only); pickles carry the switch."""
+    routers = {flag: OnlineRouter(4, 3, hidden=(16, 8), dropout=0.2, lr=1e-2, batch_rows=5,
+                                  backward="numpy" if flag else "autograd", seed=4)
+               for flag in (True, False)}
+    rng = np.random.default_rng(5)
+    for i in range(120):
+        x, target = rng.normal(size=4 + (i >= 60)) * 3, (rng.random(3 + (i >= 60)) > 0.5) * 1.0
+        for r in routers.values():
+            if i == 60:
+                r.grow_inputs(5)
+                r.grow_outputs(4)
+            r.push(x, target)
+        if i == 4:  # right after the first step: the gradients themselves
+            grads = {flag: [p.grad.numpy().copy() for p in r._net.parameters()]
+                     for flag, r in routers.items()}
+            for a, b in zip(grads[True], grads[False]):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    fast, slow = routers[True], routers[False]
+    assert fast.n_updates == slow.n_updates == 24
+    x = rng.normal(size=5)
+    np.testing.assert_allclose(fast.scores(x), slow.scores(x), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(fast.scores(x), OnlineRouter(5, 4, hidden=(16, 8), seed=4).scores(x))
+    assert pickle.loads(pickle.dumps(slow)).numpy_backward is False
+    assert fast.numpy_backward and OnlineRouter(2, 2, batch_rows=4).numpy_backward
+    assert not OnlineRouter(2, 2, batch_rows=256).numpy_backward  # "auto": autograd for big buffers
+    with pytest.raises(ValueError, match="backward"):
+        OnlineRouter(2, 2, backward="jax")
+
+
+def test_dropout_keep_masks_are_the_forwards_masks() -> None:
+    from streammoe.routing import MLPRouter
+
+    a, b = MLPRouter(3, 2, hidden=(6, 5), dropout=0.5, seed=7), MLPRouter(3, 2, hidden=(6, 5), dropout=0.5, seed=7)
+    a.train()
+    x = torch.ones(4, 3)
+    h = torch.relu(a.layers[0](x))
+    masks = b.dropout_keep_masks(4)
+    assert [tuple(m.shape) for m in masks] == [(4, 6), (4, 5)] and masks[0].dtype == torch.bool
+    first = a._dropout(h, 0.5)  # the forward's first draw
+    torch.testing.assert_close(first, h * masks[0] / 0.5)
+    assert all(m.all() for m in MLPRouter(3, 2, hidden=(6, 5), seed=7).dropout_keep_masks(2))

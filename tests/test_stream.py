@@ -200,6 +200,19 @@ def test_prequential_counts_every_instance_and_kappas() -> None:
     assert ht.inst_per_s > 0 and ht.peak_memory_mb > 0 and len(ht.memory_mb) == 2
 
 
+def test_prequential_learn_first_reads_the_label_before_predicting() -> None:
+    """``learn_first`` (the DriftMoE reference code's order) lets a model that memorises the
+    last label score on every row after the first; test-then-train scores it on repeats only."""
+    from river import dummy
+
+    rows = [({"a": float(i)}, i % 3) for i in range(30)]  # the label changes every row
+    res = prequential({"ttt": dummy.NoChangeClassifier(), "lf": dummy.NoChangeClassifier()},
+                      rows, window=10, learn_first=["lf"])
+    assert res["ttt"].accuracy == 0.0 and res["lf"].accuracy == 1.0
+    with pytest.raises(ValueError, match="not evaluated"):
+        prequential({"ttt": dummy.NoChangeClassifier()}, rows, learn_first=["other"])
+
+
 def test_kappa_stats_formula() -> None:
     km, kt = kappa_stats(n=100, correct=80, majority_correct=60, no_change_correct=50)
     assert km == pytest.approx((0.8 - 0.6) / 0.4) and kt == pytest.approx((0.8 - 0.5) / 0.5)

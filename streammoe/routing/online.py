@@ -7,7 +7,11 @@ the learner never touches the network's layers or the optimiser:
   after every step (no torch call per row: for the router's sizes it is several times faster than
   a torch forward of one row, see ``docs/driftmoe.md``);
 * :meth:`~OnlineRouter.push`: buffer ``(input, target)``; when ``batch_rows`` rows are in, one
-  Adam step on their mean multi-hot BCE (training mode, dropout from the router's generator);
+  Adam step on their mean multi-hot BCE (training mode, dropout from the router's generator). The
+  gradient comes from a NumPy backward pass when the buffer is small (``backward="auto"``, the
+  default: for a few rows torch's autograd costs more than the arithmetic, ``scripts/
+  profile_driftmoe.py --router-only``), the same gradient as autograd's up to float32 rounding;
+  Adam is torch's;
 * :meth:`~OnlineRouter.grow_inputs` / :meth:`~OnlineRouter.grow_outputs`: new features / new
   experts get zero weights, so the existing scores are unchanged, and Adam's moments are
   zero-padded, so the optimiser's state is kept;
@@ -37,7 +41,10 @@ import torch
 from streammoe.routing.losses import multi_hot_bce
 from streammoe.routing.routers import MLPRouter
 
-__all__ = ["OnlineRouter"]
+__all__ = ["NUMPY_BACKWARD_MAX_ROWS", "OnlineRouter"]
+
+#: ``backward="auto"`` computes gradients in NumPy for buffers up to this many rows.
+NUMPY_BACKWARD_MAX_ROWS = 64
 
 
 def _numpy_tree(obj: Any) -> Any:
@@ -88,6 +95,13 @@ class OnlineRouter:
         Rows per Adam step (the buffer's size).
     fused_adam
         Use torch's fused Adam where available (``False``: the for-loop one; same update).
+    backward
+        How a step's gradient is computed: ``"numpy"``, a NumPy forward/backward pass (the same
+        dropout masks and loss; equal to autograd's up to float32 rounding), or ``"autograd"``,
+        torch's. ``"auto"`` (default) takes NumPy for buffers of at most
+        ``NUMPY_BACKWARD_MAX_ROWS`` rows, where autograd's per-operation overhead dominates (task
+        mode's 4 rows: 1.7x cheaper per row), and autograd above it (data mode's 256 rows: about
+        the same cost, and NumPy's BLAS may use threads that contend on a loaded machine).
     seed
         Seed of the router's generator (initialisation and dropout).
     """
@@ -95,14 +109,18 @@ class OnlineRouter:
     def __init__(self, in_dim: int, n_out: int, hidden: Sequence[int] = (256, 128),
                  dropout: float = 0.0, lr: float = 1e-3, batch_rows: int = 1,
                  activation: str = "relu", init: str = "xavier_uniform",
-                 fused_adam: bool = True, seed: int | None = None) -> None:
+                 fused_adam: bool = True, backward: str = "auto",
+                 seed: int | None = None) -> None:
         if activation != "relu":
             raise ValueError(f"OnlineRouter's NumPy forward implements relu only, got {activation!r}")
         if not lr > 0 or batch_rows < 1:
             raise ValueError(f"need lr > 0 and batch_rows >= 1, got {lr}, {batch_rows}")
+        if backward not in ("auto", "numpy", "autograd"):
+            raise ValueError(f"backward must be 'auto', 'numpy' or 'autograd', got {backward!r}")
         self.hidden, self.dropout, self.lr = tuple(hidden), dropout, lr
         self.batch_rows = batch_rows
         self.fused_adam = fused_adam
+        self.backward = backward
         self._net = MLPRouter(in_dim, n_out, hidden=self.hidden, dropout=dropout,
                               activation=activation, init=init, seed=seed)
         self._net.eval()
@@ -113,6 +131,13 @@ class OnlineRouter:
         self.n_updates = 0
         self._cache: list[tuple[np.ndarray, np.ndarray]] = []
         self._refresh()
+
+    @property
+    def numpy_backward(self) -> bool:
+        """Whether steps compute their gradient in NumPy (see ``backward``)."""
+        if self.backward == "auto":
+            return self.batch_rows <= NUMPY_BACKWARD_MAX_ROWS
+        return self.backward == "numpy"
 
     @property
     def in_dim(self) -> int:
@@ -152,8 +177,10 @@ class OnlineRouter:
             return self._net(x)
 
     def _refresh(self) -> None:
-        self._cache = [(lay.weight.detach().numpy().T.astype(np.float64),
-                        lay.bias.detach().numpy().astype(np.float64)) for lay in self._net.layers]
+        # views of the parameters' own storage (Adam updates them in place), for the backward pass
+        self._params = [(lay.weight.detach().numpy(), lay.bias.detach().numpy())
+                        for lay in self._net.layers]
+        self._cache = [(w.T.astype(np.float64), b.astype(np.float64)) for w, b in self._params]
 
     def weights_finite(self) -> bool:
         """Whether every weight is finite (a diverged router is a bug: checked by tests)."""
@@ -176,17 +203,48 @@ class OnlineRouter:
         n = self._buf_n
         if n == 0:
             return
-        xb = torch.as_tensor(self._buf_x[:n], dtype=torch.float32)
-        yb = torch.as_tensor(self._buf_y[:n], dtype=torch.float32)
-        self._net.train()
-        loss = multi_hot_bce(self._net(xb), yb)
-        self._adam.zero_grad(set_to_none=True)
-        loss.backward()
+        if self.numpy_backward:  # sets every parameter's .grad: no zero_grad needed
+            self._numpy_gradients(self._buf_x[:n], self._buf_y[:n])
+        else:
+            self._adam.zero_grad(set_to_none=True)
+            xb = torch.as_tensor(self._buf_x[:n], dtype=torch.float32)
+            yb = torch.as_tensor(self._buf_y[:n], dtype=torch.float32)
+            self._net.train()
+            multi_hot_bce(self._net(xb), yb).backward()
         self._adam.step()
         self._net.eval()
         self._buf_n = 0
         self.n_updates += 1
         self._refresh()
+
+    def _numpy_gradients(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Set every parameter's ``.grad`` to the gradient of the mean BCE-with-logits of the
+        training-mode forward (ReLU, inverted dropout with the module's masks) on rows ``x``,
+        targets ``y``: the backward pass written out in float32 NumPy."""
+        layers = self._net.layers
+        params = self._params
+        scale = np.float32(1.0 / (1.0 - self.dropout))
+        # kept & active, times the inverted-dropout scale: the factor on each hidden activation
+        masks = [k.numpy() * scale for k in self._net.dropout_keep_masks(len(x))]
+        h = x.astype(np.float32)
+        inputs, factors = [h], []
+        for (w, b), mask in zip(params[:-1], masks):
+            z = h @ w.T + b
+            factor = (z > 0) * mask
+            h = z * factor
+            inputs.append(h)
+            factors.append(factor)
+        w, b = params[-1]
+        logits = h @ w.T + b
+        # d mean(BCE-with-logits) / d logits = (sigmoid(logits) - y) / (rows x outputs)
+        sigmoid = np.float32(0.5) * (np.float32(1.0) + np.tanh(np.float32(0.5) * logits))
+        g = (sigmoid - y.astype(np.float32)) / np.float32(logits.size)
+        for i in range(len(layers) - 1, -1, -1):
+            layer = layers[i]
+            layer.weight.grad = torch.from_numpy(np.ascontiguousarray(g.T @ inputs[i]))
+            layer.bias.grad = torch.from_numpy(g.sum(axis=0))
+            if i:
+                g = (g @ params[i][0]) * factors[i - 1]
 
     # ----------------------------------------------------------------- growing
     def _swap(self, old: torch.nn.Parameter, new: torch.nn.Parameter,
@@ -252,6 +310,7 @@ class OnlineRouter:
         net = state.pop("_net")
         state.pop("_adam")
         state.pop("_cache")
+        state.pop("_params")
         state["_arch"] = {"in_dim": net.in_dim, "n_out": net.n_experts,
                           "activation": "relu"}
         state["_weights"] = _numpy_tree(net.state_dict())
@@ -262,6 +321,7 @@ class OnlineRouter:
     def __setstate__(self, state: dict[str, Any]) -> None:
         arch, weights = state.pop("_arch"), state.pop("_weights")
         generator, adam_state = state.pop("_generator"), state.pop("_adam_state")
+        state.setdefault("backward", "autograd")  # pickles from before the NumPy backward pass
         self.__dict__.update(state)
         self._net = MLPRouter(arch["in_dim"], arch["n_out"], hidden=self.hidden,
                               dropout=self.dropout, activation=arch["activation"], seed=0)

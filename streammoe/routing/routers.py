@@ -217,6 +217,18 @@ class MLPRouter(SeededModule):
             x = self._dropout(self.act(layer(x)), self.dropout)
         return self.layers[-1](x)
 
+    def dropout_keep_masks(self, n_rows: int) -> list[Tensor]:
+        """The dropout masks (``True`` kept; CPU bool tensors) that a training-mode :meth:`forward`
+        of ``n_rows`` rows would draw now, one per hidden layer in the forward's order, taken from
+        the module's generator: what a hand-written backward pass needs to reproduce the forward
+        (:class:`~streammoe.routing.OnlineRouter`). With ``dropout=0`` no draw is made and every
+        mask is all ones."""
+        sizes = [layer.out_features for layer in self.layers[:-1]]
+        if self.dropout == 0.0:
+            return [torch.ones(n_rows, h, dtype=torch.bool) for h in sizes]
+        like = torch.empty(0)
+        return [self._rand((n_rows, h), like) >= self.dropout for h in sizes]
+
 
 @dataclass
 class RouterOutput:

@@ -89,15 +89,23 @@ class _Track:
 def prequential(models: Mapping[str, base.Classifier], stream: Iterable[tuple[dict, Any]],
                 window: int = 1000, n_instances: int | None = None, memory_checkpoints: int = 5,
                 desc: str = "prequential",
-                on_window: Callable[[int, dict[str, float]], None] | None = None
-                ) -> dict[str, PrequentialResult]:
+                on_window: Callable[[int, dict[str, float]], None] | None = None,
+                learn_first: Iterable[str] = ()) -> dict[str, PrequentialResult]:
     """Test-then-train every model on every instance of ``stream`` (in one pass, side by side).
 
     ``on_window(n, {name: cumulative accuracy})`` is called after every window (progress files
-    of long runs).
+    of long runs). The models named in ``learn_first`` are evaluated in the other order, learn
+    then predict (``learn_one(x, y)`` before ``predict_one(x)``): **not** a valid prequential
+    score (the label is seen before the prediction is read); it reproduces the DriftMoE
+    reference code's MoE-Data loop, which trains the router's top-k experts on a row before it
+    reads the chosen expert's prediction, to measure what that order adds (docs/driftmoe.md).
     """
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
+    learn_first = frozenset(learn_first)
+    if unknown := learn_first - set(models):
+        raise ValueError(f"learn_first names models that are not evaluated: {sorted(unknown)}; "
+                         f"the models are {sorted(models)}")
     tracks = {name: _Track(m, getattr(m, "n_experts", 0) if hasattr(m, "last_expert") else 0)
               for name, m in models.items()}
     label_counts: Counter = Counter()
@@ -116,11 +124,16 @@ def prequential(models: Mapping[str, base.Classifier], stream: Iterable[tuple[di
             no_change_correct += 1
         label_counts[y] += 1
         previous_y = y
-        for t in tracks.values():
+        for name, t in tracks.items():
             start = perf()
-            y_pred = t.model.predict_one(x)
-            expert = t.model.last_expert if t.n_experts else None
-            t.model.learn_one(x, y)
+            if name in learn_first:
+                t.model.learn_one(x, y)
+                y_pred = t.model.predict_one(x)
+                expert = t.model.last_expert if t.n_experts else None
+            else:
+                y_pred = t.model.predict_one(x)
+                expert = t.model.last_expert if t.n_experts else None
+                t.model.learn_one(x, y)
             t.seconds += perf() - start
             hit = y_pred is not None and y_pred == y
             t.correct += hit

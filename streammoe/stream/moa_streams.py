@@ -38,7 +38,7 @@ import numpy as np
 
 from .streams import STREAMS, DriftStream, StreamSpec, make_stream
 
-__all__ = ["MOA_STREAMS", "MOADriftStream", "make_moa_stream", "moa_cli"]
+__all__ = ["MOA_STREAMS", "MOADriftStream", "make_moa_stream", "moa_classifier", "moa_cli"]
 
 #: The streams with a MOA version: the paper's six (``STREAMS`` may hold more, River-only ones).
 MOA_STREAMS = ("LEDa", "LEDg", "SEAa", "SEAg", "RBFm", "RBFf")
@@ -99,7 +99,10 @@ class MOADriftStream(DriftStream):
     def cli(self) -> str:
         return moa_cli(self.spec, self.drifts, self.drift_width, self.seed)
 
-    def _moa_stream(self) -> Any:
+    def moa_stream(self) -> Any:
+        """A fresh MOA ``ExampleStream`` of this stream, prepared for use (from the start: the same
+        rows every call); ``nextInstance().getData()`` gives MOA's instances, for MOA's own
+        learners (``moa_classifier``)."""
         class_option = _load_moa()
         from moa.streams import ExampleStream
 
@@ -116,7 +119,7 @@ class MOADriftStream(DriftStream):
         import jpype
         from java.lang import System
 
-        stream = self._moa_stream()
+        stream = self.moa_stream()
         width = int(stream.getHeader().numAttributes())  # features + class (last)
         buf = jpype.JArray(jpype.JDouble)(chunk_size * width)
         copy, nxt = System.arraycopy, stream.nextInstance
@@ -144,6 +147,19 @@ class MOADriftStream(DriftStream):
 
     def __iter__(self) -> Iterator[tuple[dict, Any]]:
         yield from self._generator()
+
+
+def moa_classifier(cli: str, header: Any) -> Any:
+    """A MOA classifier built from its CLI string (e.g. ``"trees.HoeffdingTree -g 50 -c 1e-7"``,
+    relative to ``moa.classifiers``), given ``header`` (a MOA stream's ``getHeader()``) and
+    prepared for use: ``getVotesForInstance`` / ``trainOnInstance`` on MOA instances."""
+    class_option = _load_moa()
+    from moa.classifiers import Classifier
+
+    learner = class_option.cliStringToObject(cli, Classifier, None)
+    learner.setModelContext(header)
+    learner.prepareForUse()
+    return learner
 
 
 def make_moa_stream(name: str, scale: float = 1.0, seed: int = 1, n_instances: int | None = None
