@@ -36,17 +36,15 @@ MOA_TREE_CLI = ("trees.HoeffdingTree -g 50 -m 33554433 -n GaussianNumericAttribu
 
 def compare(name: str, scale: float, seed: int, windows: int = 10) -> dict[str, Any]:
     """Prequential accuracy (%) of MOA's and River's tree on one MOA stream, overall and per window."""
-    from river import tree
-
-    from streammoe.stream.learners import TREE_PARAMS
+    from streammoe.stream.driftmoe import DriftMoEData
     from streammoe.stream.moa_streams import make_moa_stream, moa_classifier
 
     stream = make_moa_stream(name, scale=scale, seed=seed)
     moa_stream = stream.moa_stream()
     moa_tree = moa_classifier(MOA_TREE_CLI, moa_stream.getHeader())
-    # a faithful DriftMoE expert (BaseDriftMoE's trees: information gain, no merit pre-pruning)
-    river_tree = tree.HoeffdingTreeClassifier(**TREE_PARAMS, split_criterion="info_gain",
-                                              merit_preprune=False)
+    # a faithful DriftMoE expert, from the estimator's own expert hook (the one place its
+    # settings live; driftmoe_moa_experts.py overrides the same hook with MOA's tree)
+    river_tree = DriftMoEData(faithful=True, seed=seed)._new_tree()
     n = stream.n_instances
     per = max(1, n // windows)
     right = {"moa": 0, "river": 0}

@@ -126,13 +126,12 @@ def prequential(models: Mapping[str, base.Classifier], stream: Iterable[tuple[di
         previous_y = y
         for name, t in tracks.items():
             start = perf()
-            if name in learn_first:
+            first = name in learn_first
+            if first:
                 t.model.learn_one(x, y)
-                y_pred = t.model.predict_one(x)
-                expert = t.model.last_expert if t.n_experts else None
-            else:
-                y_pred = t.model.predict_one(x)
-                expert = t.model.last_expert if t.n_experts else None
+            y_pred = t.model.predict_one(x)
+            expert = t.model.last_expert if t.n_experts else None
+            if not first:
                 t.model.learn_one(x, y)
             t.seconds += perf() - start
             hit = y_pred is not None and y_pred == y
