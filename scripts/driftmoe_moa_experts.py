@@ -72,6 +72,8 @@ class MOATree(base.Classifier):
 
 
 def make_models(header: Any, seed: int) -> dict[str, Any]:
+    """Faithful MoE-Data twice, ``{"river_trees": River's trees, "moa_trees": MOA's trees}``, the
+    second for the MOA stream whose ``header`` its trees are built on."""
     from streammoe.stream.driftmoe import DriftMoEData
 
     class MOAExpertsDriftMoEData(DriftMoEData):
