@@ -7,8 +7,10 @@ variations (each evaluation is cached too):
 
 * ``experts/oracle`` (each suite's own expert), ``base/single`` (no expert: what pre-training
   alone does), ``naive_full/single`` (every weight averaged, one model);
-* ``<merge>[+mask]/<route>`` for merge in average, task arithmetic, TIES; with and without TALL
-  masks; with the oracle suite id and with the test-time router (expert heads always per suite);
+* ``<merge>[+mask[+refit]]/<route>`` for merge in average, task arithmetic, TIES; without TALL
+  masks, with them, and with the shared vector re-fitted to them on each suite's frames
+  (``+refit``); with the oracle suite id and with the test-time router (expert heads always per
+  suite);
 * the self-attention action head (``--ablation``), merged the same way.
 
 Prints a table (success per suite, mean over seeds with the spread and a 95 % interval over
@@ -44,8 +46,10 @@ import numpy as np
 
 MERGES = ("average", "task_arithmetic", "ties")
 GRID = ("experts/oracle", "base/single", "naive_full/single",
-        *(f"{m}{mask}/{route}" for m in MERGES for mask in ("", "+mask") for route in ("oracle", "router")))
-ABLATION = ("experts/oracle", "naive_full/single", "ties/oracle", "ties+mask/oracle", "ties+mask/router")
+        *(f"{m}{mask}/{route}" for m in MERGES for mask in ("", "+mask", "+mask+refit")
+          for route in ("oracle", "router")))
+ABLATION = ("experts/oracle", "naive_full/single", "ties/oracle", "ties+mask/oracle", "ties+mask/router",
+            "ties+mask+refit/router")
 
 
 def _compose(experiment: str, overrides: list[str]) -> Any:

@@ -46,7 +46,8 @@ def test_smoke_pipeline_writes_every_output(smoke):
         assert (run / name).is_file() and (run / name).stat().st_size > 0, name
     details = metrics["details"]
     assert set(details["variants"]) == {"experts/oracle", "naive_full/single", "ties+mask/router",
-                                        "average/oracle", "self_attention:naive_full/single"}
+                                        "ties+mask+refit/router", "average/oracle",
+                                        "self_attention:naive_full/single"}
     assert all(rate >= 0.95 for rate in details["expert_success"].values())
     routed = details["variants"]["ties+mask/router"]
     assert 0.0 <= routed["router_accuracy"] <= 1.0 and len(routed["router_confusion"]) == 2
@@ -137,9 +138,10 @@ def test_a_pickle_in_place_of_a_stage_file_never_runs(tmp_path):
 
 
 def test_variant_names_are_checked():
-    assert variant_parts("task_arithmetic/oracle") == ("task_arithmetic", False, "oracle")
+    assert variant_parts("task_arithmetic/oracle") == ("task_arithmetic", False, "oracle", False)
+    assert variant_parts("ties+mask+refit/router") == ("ties", True, "router", True)
     for bad in ("ties", "ties/anywhere", "experts/router", "experts+mask/oracle", "naive_full/router",
-                "fisher+mask/router"):
+                "fisher+mask/router", "ties+refit/router", "ties+refit+mask/router", "experts+mask+refit/oracle"):
         with pytest.raises(ConfigError, match="variant"):
             variant_parts(bad)
 

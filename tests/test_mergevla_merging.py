@@ -18,11 +18,13 @@ from streammoe.control.mergevla.merging import (
     check_state_dicts,
     disjoint_mean,
     elect_sign,
+    input_grams,
     load_masks,
     mask_stats,
     merge_experts,
     merged_task_vector,
     naive_average,
+    refit_to_masks,
     save_masks,
     split_state_dict,
     tall_masks,
@@ -386,3 +388,97 @@ def test_mask_file_errors(tmp_path):
     with pytest.raises(ValueError, match="tasks must be 2 names"):
         save_masks(tmp_path / "names.safetensors", m.masks, tasks=["only_one"])
     assert not (tmp_path / "float.safetensors").exists() and not (tmp_path / "names.safetensors").exists()
+
+
+# ---------------------------------------------------------------------------- refit to the masks
+def _refit_objective(tau, taus, masks, grams, key):
+    return sum(float(torch.einsum("ri,ij,rj->", d, g[key], d))
+               for d, g in (((m[key] * tau) - t[key], g) for t, m, g in zip(taus, masks, grams)))
+
+
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 4))
+@PROPS
+def test_refit_minimises_the_masked_output_error(seed, n):
+    """The refit is the least-squares optimum: no perturbation of it lowers the objective, and it
+    is at least as good as the merge it started from."""
+    g = torch.Generator().manual_seed(seed)
+    taus = [{"w": torch.randn(5, 4, generator=g, dtype=torch.float64)} for _ in range(n)]
+    masks = [{"w": torch.rand(5, 4, generator=g) < 0.6} for _ in range(n)]
+    grams = []
+    for _ in range(n):
+        x = torch.randn(50, 4, generator=g, dtype=torch.float64)
+        grams.append({"w": x.T @ x / 50})
+    tau = refit_to_masks(taus, masks, grams, ridge=1e-10)["w"]
+    best = _refit_objective(tau, taus, masks, grams, "w")
+    start = merged_task_vector(taus, "task_arithmetic")["w"]
+    assert best <= _refit_objective(start, taus, masks, grams, "w") + 1e-9
+    for _ in range(5):
+        step = 1e-3 * torch.randn(5, 4, generator=g, dtype=torch.float64)
+        assert best <= _refit_objective(tau + step, taus, masks, grams, "w") + 1e-12
+
+
+def test_refit_with_one_task_and_a_full_mask_returns_its_vector():
+    tau = {"w": torch.tensor([[1.0, -2.0, 0.5]]), "b": torch.tensor([3.0])}
+    masks = [{"w": torch.ones(1, 3, dtype=torch.bool), "b": torch.ones(1, dtype=torch.bool)}]
+    x = torch.tensor([[1.0, 0.0, 2.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    out = refit_to_masks([tau], masks, [{"w": x.T @ x}], ridge=1e-9)
+    torch.testing.assert_close(out["w"], tau["w"], atol=1e-6, rtol=0)
+    assert torch.equal(out["b"], tau["b"])  # no Gram matrix: the mean over the tasks that keep it
+
+
+def test_refit_without_grams_is_the_masked_mean_and_zero_where_no_mask_keeps():
+    taus = [{"w": torch.tensor([1.0, 2.0, 5.0])}, {"w": torch.tensor([3.0, -2.0, 7.0])}]
+    masks = [{"w": torch.tensor([True, True, False])}, {"w": torch.tensor([True, False, False])}]
+    assert torch.equal(refit_to_masks(taus, masks)["w"], torch.tensor([2.0, 2.0, 0.0]))
+
+
+def test_refit_errors_name_the_problem():
+    taus = [{"w": torch.zeros(2, 3)}, {"w": torch.zeros(2, 3)}]
+    masks = [{"w": torch.ones(2, 3, dtype=torch.bool)}] * 2
+    with pytest.raises(ValueError, match="one mask per task"):
+        refit_to_masks(taus, masks[:1])
+    with pytest.raises(ValueError, match="one per task"):
+        refit_to_masks(taus, masks, [{"w": torch.eye(3)}])
+    with pytest.raises(ValueError, match=r"must be a \(3, 3\) tensor"):
+        refit_to_masks(taus, masks, [{"w": torch.eye(2)}] * 2)
+    with pytest.raises(ValueError, match="lack"):
+        refit_to_masks(taus, masks, [{"v": torch.eye(3)}] * 2)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        refit_to_masks(taus, masks, [{"w": torch.full((3, 3), float("nan"))}] * 2)
+    with pytest.raises(ValueError, match="ridge must be > 0"):
+        refit_to_masks(taus, masks, ridge=0.0)
+    with pytest.raises(TypeError, match="bool"):
+        refit_to_masks(taus, [{"w": torch.ones(2, 3)}] * 2)
+
+
+def test_input_grams_counts_only_valid_rows_and_skips_other_modules():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.LayerNorm(3), torch.nn.Linear(3, 1))
+    x = torch.tensor([[[1.0, 2.0], [3.0, 4.0]], [[0.0, 1.0], [9.0, 9.0]]])  # (B=2, T=2, 2)
+    valid = torch.tensor([[True, True], [True, False]])
+    grams = input_grams(model, ["0.weight", "1.weight", "2.weight"], [x], model, lambda b: valid)
+    assert sorted(grams) == ["0.weight", "2.weight"]  # the LayerNorm is no linear layer
+    rows = x[valid]
+    torch.testing.assert_close(grams["0.weight"], (rows.T @ rows / 3).double())
+    h = model[1](model[0](x))[valid]
+    torch.testing.assert_close(grams["2.weight"], (h.T @ h / 3).double().detach(), rtol=1e-5, atol=1e-6)
+    assert not model._forward_hooks and not model[0]._forward_hooks  # hooks removed
+    with pytest.raises(ValueError, match="leading dimensions"):
+        input_grams(model, ["0.weight"], [x], model, lambda b: valid[0])
+    with pytest.raises(ValueError, match="no inputs reached"):
+        input_grams(model, ["0.weight"], [], model)
+
+
+def test_merge_experts_refit_keeps_masks_and_heads_and_fits_tau():
+    base, experts = _state_dicts(4, 3)
+    plain = merge_experts(base, experts, heads=["layer2."], method="ties", density=0.5)
+    refit = merge_experts(base, experts, heads=["layer2."], method="ties", density=0.5,
+                          grams=[{} for _ in experts])
+    assert refit.refit and not plain.refit
+    for t in range(3):
+        for k in plain.masks[t]:
+            assert torch.equal(plain.masks[t][k], refit.masks[t][k])
+        assert torch.equal(refit.heads[t]["layer2.w"], experts[t]["layer2.w"])
+    taus = task_vectors({k: base[k] for k in plain.tau}, [{k: e[k] for k in plain.tau} for e in experts])
+    _close(refit.tau, refit_to_masks(taus, plain.masks))
+    with pytest.raises(ValueError, match="one per expert"):
+        merge_experts(base, experts, heads=["layer2."], grams=[{}])

@@ -8,6 +8,7 @@ takes CUDA when torch sees a GPU, ``cuda`` without one is an error.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from omegaconf import MISSING, DictConfig
 
@@ -22,7 +23,7 @@ from streammoe.config import (
     validate,
 )
 
-__all__ = ["MERGE_METHODS", "MergeVLAConfig", "MergeVLAExperiment", "ROUTES", "validated",
+__all__ = ["MERGE_METHODS", "MergeVLAConfig", "MergeVLAExperiment", "ROUTES", "Variant", "validated",
            "variant_parts"]
 
 SUITE_NAMES = ("reach_push", "drawer", "door_window", "button")
@@ -36,20 +37,38 @@ LORA_INITS = ("default", "eva")
 ROUTER_SOURCES = ("last_shared_value", "lora_task_vector")
 
 
-def variant_parts(name: str) -> tuple[str, bool, str]:
-    """``"<merge>[+mask]/<route>"`` -> ``(merge, masked, route)``; ``merge`` is ``experts``,
-    ``naive_full``, ``base`` or a merge method. Raises naming the grammar.
+class Variant(NamedTuple):
+    """A variant's parts (:func:`variant_parts`)."""
+
+    merge: str
+    masked: bool
+    route: str
+    refit: bool = False
+
+
+def variant_parts(name: str) -> Variant:
+    """``"<merge>[+mask[+refit]]/<route>"`` -> ``Variant(merge, masked, route, refit)``; ``merge``
+    is ``experts``, ``naive_full``, ``base`` or a merge method; ``+refit`` (after ``+mask`` only)
+    re-fits the shared task vector to the masks (``merge.refit_*``). Raises naming the grammar.
 
     >>> variant_parts("ties+mask/router"), variant_parts("naive_full/single")
-    (('ties', True, 'router'), ('naive_full', False, 'single'))
+    (Variant(merge='ties', masked=True, route='router', refit=False), Variant(merge='naive_full', masked=False, route='single', refit=False))
+    >>> variant_parts("ties+mask+refit/oracle").refit
+    True
     """
     grammar = ("variants are 'experts/oracle', 'naive_full/single', 'base/single' or "
-               f"'<merge>[+mask]/<route>' with merge in {list(MERGE_METHODS)} and route in {list(ROUTES)}")
+               f"'<merge>[+mask[+refit]]/<route>' with merge in {list(MERGE_METHODS)} and route in "
+               f"{list(ROUTES)}")
     merge, sep, route = str(name).partition("/")
+    refit = merge.endswith("+refit")
+    merge = merge.removesuffix("+refit")
     masked = merge.endswith("+mask")
     merge = merge.removesuffix("+mask")
     if not sep:
         raise ConfigError(f"variant {name!r} has no '/<route>'; {grammar}")
+    if refit and not masked:
+        raise ConfigError(f"variant {name!r}: '+refit' fits the shared task vector to the TALL masks, so "
+                          f"it comes after '+mask' ('{merge}+mask+refit/{route}'); {grammar}")
     if merge in ("naive_full", "base"):
         ok = route == "single" and not masked
     elif merge == "experts":
@@ -58,7 +77,7 @@ def variant_parts(name: str) -> tuple[str, bool, str]:
         ok = merge in MERGE_METHODS and route in ROUTES
     if not ok:
         raise ConfigError(f"unknown variant {name!r}; {grammar}")
-    return merge, masked, route
+    return Variant(merge, masked, route, refit)
 
 
 @dataclass
@@ -151,11 +170,15 @@ class MergeSettings:
     ties_density: float = MISSING
     task_arithmetic_scale: float = MISSING
     lam: float = MISSING
+    refit_frames: int = MISSING   # demonstration frames per suite for the '+refit' Gram matrices
+    refit_ridge: float = MISSING  # ridge of the '+refit' solve, relative to the mean diagonal
 
     def check(self, at: str) -> None:
         in_range(f"{at}ties_density", self.ties_density, 0.0, 1.0, low_open=True)
         greater_than(f"{at}task_arithmetic_scale", self.task_arithmetic_scale, 0.0)
         at_least(f"{at}lam", self.lam, 0.0)
+        at_least(f"{at}refit_frames", self.refit_frames, 1)
+        greater_than(f"{at}refit_ridge", self.refit_ridge, 0.0)
 
 
 @dataclass

@@ -9,8 +9,9 @@ and a changed setting re-runs only what depends on it:
 2. **base**: perception pre-training (auxiliary targets, no actions), per action head;
 3. **experts**: one per suite, LoRA + action expert, LoRA folded;
 4. **merges**: for each merge method, ``tau_MTL``, TALL masks (saved to
-   ``masks_<head>_<method>.safetensors`` in the run folder) and their statistics;
-5. **evaluation** of every variant of ``mergevla.eval.variants`` (``<merge>[+mask]/<route>``, see
+   ``masks_<head>_<method>.safetensors`` in the run folder) and their statistics; for ``+refit``
+   variants ``tau_MTL`` re-fitted to the masks on each suite's frames (``merge.refit_*``);
+5. **evaluation** of every variant of ``mergevla.eval.variants`` (``<merge>[+mask[+refit]]/<route>``, see
    :func:`~streammoe.control.mergevla.config.variant_parts`) on the held-out variations, and of
    ``mergevla.eval.ablation_variants`` with the self-attention action head.
 
@@ -27,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from streammoe_envs.metaworld import (
@@ -50,13 +52,20 @@ from streammoe.control.mergevla.evaluate import (
 )
 from streammoe.control.mergevla.merging import (
     MergedExperts,
+    input_grams,
     merge_experts,
     naive_average,
     save_masks,
 )
 from streammoe.control.mergevla.model import TinyVLA, VLAConfig
 from streammoe.control.mergevla.router import TestTimeTaskRouter
-from streammoe.control.mergevla.train import TrainSettings, cached_stage, train_base, train_expert
+from streammoe.control.mergevla.train import (
+    TrainSettings,
+    cached_stage,
+    obs_batch,
+    train_base,
+    train_expert,
+)
 from streammoe.devices import resolve_device
 from streammoe.runs import RunRecorder, format_table
 
@@ -87,7 +96,8 @@ class Pipeline:
         self.cache = Path(c.data_dir)
         self._demos: tuple[str, dict[str, SuiteData], dict[str, Any]] | None = None
         self._experts: dict[str, tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]], list[str]]] = {}
-        self._merges: dict[tuple[str, str], MergedExperts] = {}
+        self._merges: dict[tuple[str, str, bool], MergedExperts] = {}
+        self._grams: dict[str, list[dict[str, torch.Tensor]]] = {}
 
     # ----- stages -----------------------------------------------------------------------------
     def demos(self) -> tuple[str, dict[str, SuiteData], dict[str, Any]]:
@@ -159,22 +169,48 @@ class Pipeline:
         self._experts[action_head] = (base["weights"], experts, fps)
         return self._experts[action_head]
 
-    def merge(self, action_head: str, method: str) -> MergedExperts:
-        """The experts merged with ``method`` (computed once per head and method)."""
-        if (action_head, method) not in self._merges:
+    def grams(self, action_head: str) -> list[dict[str, torch.Tensor]]:
+        """Per suite, the Gram matrices of the inputs of every backbone linear layer of that
+        suite's expert on ``merge.refit_frames`` of its demonstration frames (real tokens only;
+        the frames drawn with the seed), for ``+refit`` (computed once per head)."""
+        if action_head not in self._grams:
+            base, experts, _ = self.experts(action_head)
+            _, data, _ = self.demos()
+            cfg = model_config(self.c, action_head, self.seed)
+            n = int(self.c.merge.refit_frames)
+            rng = np.random.default_rng(self.seed)
+            keys = [k for k in base if k.startswith("backbone.")]
+            grams = []
+            for suite, sd in zip(self.suites, experts):
+                model = TinyVLA(cfg)
+                model.load_state_dict(sd)
+                model = model.to(self.device).eval()
+                frames = data[suite]
+                idx = rng.choice(len(frames), size=min(n, len(frames)), replace=False)
+                batches = [obs_batch(frames, idx[i:i + 256], model.cfg.vision, self.device)
+                           for i in range(0, len(idx), 256)]
+                grams.append(input_grams(model, keys, batches, model.encode, model.token_valid_mask))
+            self._grams[action_head] = grams
+        return self._grams[action_head]
+
+    def merge(self, action_head: str, method: str, refit: bool = False) -> MergedExperts:
+        """The experts merged with ``method`` (computed once per head, method and refit);
+        ``refit``: the shared vector re-fitted to the masks on each suite's frames."""
+        if (action_head, method, refit) not in self._merges:
             base, experts, _ = self.experts(action_head)
             probe = TinyVLA(model_config(self.c, action_head, self.seed))
             m = self.c.merge
             scale = float(m.task_arithmetic_scale) if method == "task_arithmetic" else 1.0
-            self._merges[action_head, method] = merge_experts(
+            self._merges[action_head, method, refit] = merge_experts(
                 base, experts, heads=probe.expert_head_prefixes(),
                 averaged=probe.shared_action_expert_prefixes(), method=method,
-                density=float(m.ties_density), scale=scale, lam=float(m.lam))
-        return self._merges[action_head, method]
+                density=float(m.ties_density), scale=scale, lam=float(m.lam),
+                grams=self.grams(action_head) if refit else None, ridge=float(m.refit_ridge))
+        return self._merges[action_head, method, refit]
 
     def policy(self, action_head: str, variant: str) -> tuple[SuitePolicy, MergedExperts | None]:
         """The policy a variant names (and the merge it came from, if any)."""
-        merge, masked, route = variant_parts(variant)
+        merge, masked, route, refit = variant_parts(variant)
         cfg = model_config(self.c, action_head, self.seed)
         base, experts, _ = self.experts(action_head)
 
@@ -189,7 +225,7 @@ class Pipeline:
             return SuitePolicy([build(naive_average(experts))], self.suites, "single"), None
         if merge == "experts":
             return SuitePolicy([build(sd) for sd in experts], self.suites, "oracle"), None
-        merged = self.merge(action_head, merge)
+        merged = self.merge(action_head, merge, refit)
         models = [build(merged.state_dict_for(t, masked=masked)) for t in range(merged.n_tasks)]
         router, layer = None, None
         if route == "router":  # each suite's subspace from that expert's own (unmerged) weights
@@ -253,7 +289,7 @@ def run_mergevla(c: DictConfig, seed: int, device: torch.device, run_dir: Path,
             recorder.log(stage=f"eval/{name}", seed=seed, step=None, loss=None,
                          success=summary["success"], seconds=result.seconds["total"])
         episodes[name] = result.to_dict()["episodes"]
-        merge, masked, route = variant_parts(variant)
+        merge, masked, route, _ = variant_parts(variant)
         if masked and f"{head}:{merge}" not in metrics["mask_stats"]:
             merged = pipe.merge(head, merge)
             metrics["mask_stats"][f"{head}:{merge}"] = merged.stats.to_dict()

@@ -38,6 +38,15 @@ action-expert block, final norm and output layer), which it keeps per expert; ke
 Masks go to and from files with :func:`save_masks` / :func:`load_masks` (a
 :mod:`streammoe.checkpoint` file: safetensors, bool tensors, format version, digest).
 
+**Refit to the masks** (:func:`refit_to_masks`, ``merge_experts(grams=...)``): with the masks
+fixed, the shared vector is re-solved so that each task's masked model reproduces, on that task's
+own inputs, the outputs of its expert: ``tau_MTL = argmin sum_t sum_x ||((mask_t * tau - tau_t) x||^2``
+over every linear layer (RegMean's objective, Jin et al., 2023, "Dataless knowledge fusion by
+merging weights of language models", with the masks inside), closed form per output row from each
+task's Gram matrix of the layer's inputs ``E[x x^T]`` (:func:`input_grams`). The stored artefacts
+stay one shared vector plus one bool mask per task; no gradient step is taken. Keys without a Gram
+matrix get the identity one: each entry is the mean of the tasks whose mask keeps it.
+
 Every function validates its inputs first (same keys, shapes, dtypes and devices, floating
 point, no NaN/inf; errors name the key and the expert) and never modifies them.
 
@@ -59,13 +68,13 @@ tensor([ 2.,  1.,  0., -2.])
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from streammoe import checkpoint
 
@@ -88,7 +97,9 @@ __all__ = [
     "mask_stats",
     "merge_experts",
     "merged_task_vector",
+    "input_grams",
     "naive_average",
+    "refit_to_masks",
     "save_masks",
     "split_state_dict",
     "tall_masks",
@@ -422,6 +433,133 @@ def apply_mask(base: StateDict, tau_mtl: StateDict, mask: Mapping[str, Tensor]) 
                        for k, t in tau_mtl.items()})
 
 
+# ---------------------------------------------------------------------------- refit to the masks
+def input_grams(model: nn.Module, keys: Iterable[str], batches: Iterable[Any],
+                forward: Callable[[Any], Any], valid: Callable[[Any], Tensor | None] | None = None
+                ) -> dict[str, Tensor]:
+    """Gram matrices ``E[x x^T]`` (float64, ``(in, in)``) of the inputs of the ``nn.Linear``
+    modules whose weights ``keys`` name (``"<module>.weight"``; keys of other modules are
+    skipped), over every row of every batch: ``forward(batch)`` runs ``model`` on one batch and
+    ``valid(batch)`` (optional) gives a bool mask over the inputs' leading dimensions (e.g. real
+    tokens, not padding); only those rows count. No gradients; the model is left as it was.
+
+    >>> import torch
+    >>> lin = torch.nn.Linear(2, 1)
+    >>> g = input_grams(lin, ["weight"], [torch.tensor([[1.0, 0.0], [1.0, 2.0]])], lin)
+    >>> g["weight"]
+    tensor([[1., 1.],
+            [1., 2.]], dtype=torch.float64)
+    """
+    modules = dict(model.named_modules())
+    targets: dict[str, nn.Linear] = {}
+    for key in keys:
+        name = key.removesuffix(".weight") if key != "weight" else ""
+        if key.endswith("weight") and isinstance(modules.get(name), nn.Linear):
+            targets[key] = modules[name]
+    sums: dict[str, Tensor] = {}
+    counts: dict[str, int] = dict.fromkeys(targets, 0)
+    rows: Tensor | None = None
+
+    def hook_for(key: str) -> Callable[..., None]:
+        def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            x = inputs[0].detach()
+            if rows is not None:
+                if tuple(rows.shape) != tuple(x.shape[:-1]):
+                    raise ValueError(f"valid(batch) has shape {tuple(rows.shape)}, the input of {key!r} "
+                                     f"{tuple(x.shape)}: it must match the input's leading dimensions")
+                x = x[rows]
+            x = x.reshape(-1, x.shape[-1]).to(torch.float64)
+            sums[key] = sums.get(key, 0) + x.T @ x
+            counts[key] += x.shape[0]
+        return hook
+
+    handles = [m.register_forward_hook(hook_for(k)) for k, m in targets.items()]
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                rows = None if valid is None else valid(batch)
+                if rows is not None:
+                    rows = rows.to(torch.bool)
+                forward(batch)
+    finally:
+        for h in handles:
+            h.remove()
+    empty = [k for k, n in counts.items() if n == 0]
+    if empty:
+        raise ValueError(f"no inputs reached {_names(empty)}: give batches that run through those "
+                         "modules (and a valid mask that keeps some rows)")
+    return {k: (sums[k] / counts[k]).cpu() for k in targets}
+
+
+def refit_to_masks(taus: Sequence[StateDict], masks: Sequence[Mapping[str, Tensor]],
+                   grams: Sequence[Mapping[str, Tensor]] | None = None, ridge: float = 1e-4
+                   ) -> dict[str, Tensor]:
+    """The shared vector that, with ``masks`` fixed, best reproduces every task's own vector on
+    that task's inputs: per key and output row ``r``, ``tau[r] = argmin_v sum_t (m_t[r] * v -
+    tau_t[r])^T G_t (m_t[r] * v - tau_t[r])`` with ``G_t = grams[t][key]`` (``(in, in)``, the
+    Gram matrix of the inputs task ``t``'s expert feeds that layer, :func:`input_grams`), plus
+    ``ridge`` times the mean of the system's diagonal on the identity (entries no mask keeps come
+    out 0). Keys without a Gram matrix (and every key when ``grams`` is None) use the identity: each
+    entry is the mean of ``tau_t`` over the tasks whose mask keeps it (0 where none does), the exact
+    least-squares value. Only 2-D tensors can have a Gram matrix.
+
+    >>> import torch
+    >>> taus = [{"w": torch.tensor([[1.0, 2.0]])}, {"w": torch.tensor([[3.0, -2.0]])}]
+    >>> masks = [{"w": torch.tensor([[True, True]])}, {"w": torch.tensor([[True, False]])}]
+    >>> refit_to_masks(taus, masks)["w"]
+    tensor([[2., 2.]])
+    >>> g = [{"w": torch.eye(2)}, {"w": torch.eye(2)}]
+    >>> torch.allclose(refit_to_masks(taus, masks, g, ridge=1e-9)["w"], torch.tensor([[2.0, 2.0]]))
+    True
+    """
+    _check_number(ridge, "ridge", minimum=0.0)
+    if ridge <= 0.0:
+        raise ValueError(f"ridge must be > 0 (it keeps the solve defined where masks are off), got {ridge}")
+    taus = check_state_dicts(None, taus, what="task vectors")
+    masks = _check_masks(masks)
+    if len(masks) != len(taus):
+        raise ValueError(f"{len(masks)} masks for {len(taus)} task vectors: one mask per task")
+    _check_like(taus[0], "task vectors[0]", masks[0], "masks[0]", dtype=False, floating=False, finite=False)
+    if grams is not None:
+        grams = _check_sequence(grams, "grams")
+        if len(grams) != len(taus):
+            raise ValueError(f"{len(grams)} Gram dicts for {len(taus)} task vectors: one per task")
+        gram_keys = set(grams[0])
+        for t, g in enumerate(grams):
+            if set(g) != gram_keys:
+                raise ValueError(f"grams[{t}] has other keys than grams[0]: {_names(set(g) ^ gram_keys)}")
+            for key, mat in g.items():
+                if key not in taus[0]:
+                    raise ValueError(f"grams[{t}] has key {key!r}, which the task vectors lack")
+                shape = tuple(taus[0][key].shape)
+                if len(shape) != 2 or not isinstance(mat, Tensor) or tuple(mat.shape) != (shape[1], shape[1]):
+                    got = tuple(mat.shape) if isinstance(mat, Tensor) else type(mat).__name__
+                    raise ValueError(f"grams[{t}][{key!r}] must be a ({shape[-1]}, {shape[-1]}) tensor for the "
+                                     f"{shape} weight (the Gram matrix of its inputs), got {got}")
+                if not torch.isfinite(mat).all():
+                    raise ValueError(f"grams[{t}][{key!r}] contains NaN or inf")
+    out: dict[str, Tensor] = {}
+    for key, first in taus[0].items():
+        work = _work_dtype(first.dtype)
+        tau = torch.stack([t[key].to(torch.float64) for t in taus])         # (T, ...)
+        m = torch.stack([mk[key].to(tau.device) for mk in masks]).to(torch.float64)
+        if grams is None or key not in grams[0]:
+            kept = m.sum(dim=0)
+            out[key] = ((m * tau).sum(dim=0) / kept.clamp(min=1.0)).to(work)
+            continue
+        g = torch.stack([gr[key].to(device=tau.device, dtype=torch.float64) for gr in grams])  # (T, in, in)
+        rows = []
+        for start in range(0, tau.shape[1], 64):  # row blocks bound the (rows, in, in) systems' memory
+            mr, tr = m[:, start:start + 64], tau[:, start:start + 64]        # (T, R, in)
+            a = torch.einsum("tri,tij,trj->rij", mr, g, mr)
+            b = torch.einsum("tri,tij,trj->ri", mr, g, tr)
+            scale = torch.diagonal(a, dim1=-2, dim2=-1).mean(dim=-1).clamp(min=1e-12)
+            a = a + (ridge * scale)[:, None, None] * torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+            rows.append(torch.linalg.solve(a, b))
+        out[key] = torch.cat(rows).to(work)
+    return out
+
+
 @dataclass(frozen=True)
 class MaskStats:
     """What the masks keep, over all their entries (``n_params``): ``selfish_fraction`` (kept by
@@ -528,7 +666,8 @@ class MergedExperts:
     * ``tau`` (``tau_MTL``), ``masks`` (one bool dict per task) and ``base`` (``theta_0``): on
       the merged keys only;
     * ``heads``: per expert, its own tensors on the head keys;
-    * ``stats``: :func:`mask_stats` of the masks; ``keys``: every key, in the base's order.
+    * ``stats``: :func:`mask_stats` of the masks; ``keys``: every key, in the base's order;
+    * ``refit``: whether ``tau`` was re-fitted to the masks (``merge_experts(grams=...)``).
     """
 
     shared: dict[str, Tensor]
@@ -542,6 +681,7 @@ class MergedExperts:
     density: float
     scale: float
     lam: float
+    refit: bool = False
 
     @property
     def n_tasks(self) -> int:
@@ -561,13 +701,18 @@ class MergedExperts:
 
 def merge_experts(base: StateDict, experts: Sequence[StateDict], *, heads: KeySelector | None,
                   averaged: KeySelector | None = None, method: MergeMethod = "ties",
-                  density: float = 0.2, scale: float = 1.0, lam: float = LAMBDA) -> MergedExperts:
+                  density: float = 0.2, scale: float = 1.0, lam: float = LAMBDA,
+                  grams: Sequence[Mapping[str, Tensor]] | None = None, ridge: float = 1e-4
+                  ) -> MergedExperts:
     """Merge experts into one shared model plus per-expert heads and per-task TALL masks.
 
     ``heads`` (prefixes or a predicate, e.g. ``model.expert_head_prefixes()``): keys kept per
     expert. ``averaged`` (e.g. ``model.shared_action_expert_prefixes()``): keys averaged over
     the experts. Every other key is merged with ``method`` (``density``, ``scale``) and masked
-    (``lam``). A key may not be both a head and averaged.
+    (``lam``). A key may not be both a head and averaged. ``grams`` (one dict per expert, e.g.
+    from :func:`input_grams`; ``[{}] * n`` for none): after the masks are made from the merge,
+    ``tau_MTL`` is re-fitted to them (:func:`refit_to_masks` with ``ridge``; Gram matrices of
+    keys that are not merged are ignored).
 
     >>> import torch
     >>> base = {"body.w": torch.zeros(2), "head.w": torch.zeros(1)}
@@ -597,6 +742,13 @@ def merge_experts(base: StateDict, experts: Sequence[StateDict], *, heads: KeySe
     taus = task_vectors(sub_base, [{k: sd[k] for k in merged_keys} for sd in experts])
     tau = merged_task_vector(taus, method, density=density, scale=scale) if merged_keys else {}
     masks = tall_masks(taus, tau, lam) if merged_keys else [{} for _ in experts]
+    if grams is not None:
+        grams = _check_sequence(grams, "grams")
+        if len(grams) != len(experts):
+            raise ValueError(f"{len(grams)} Gram dicts for {len(experts)} experts: one per expert")
+        if merged_keys:
+            tau = refit_to_masks(taus, masks, [{k: g[k] for k in g if k in sub_base} for g in grams],
+                                 ridge=ridge)
     merged = _add(sub_base, tau)
     averaged_sd = naive_average([{k: sd[k] for k in keys if k in avg_keys} for sd in experts]) \
         if avg_keys else {}
@@ -605,7 +757,8 @@ def merge_experts(base: StateDict, experts: Sequence[StateDict], *, heads: KeySe
     return MergedExperts(shared=shared, tau=tau, masks=masks,
                          base={k: v.detach().clone() for k, v in sub_base.items()}, heads=head_sds,
                          stats=mask_stats(masks), keys=tuple(keys), method=method,
-                         density=float(density), scale=float(scale), lam=float(lam))
+                         density=float(density), scale=float(scale), lam=float(lam),
+                         refit=grams is not None)
 
 
 # ---------------------------------------------------------------------------- mask files
