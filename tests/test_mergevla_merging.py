@@ -443,6 +443,9 @@ def test_refit_errors_name_the_problem():
         refit_to_masks(taus, masks, [{"w": torch.eye(2)}] * 2)
     with pytest.raises(ValueError, match="lack"):
         refit_to_masks(taus, masks, [{"v": torch.eye(3)}] * 2)
+    vec = [{"b": torch.zeros(3)}] * 2
+    with pytest.raises(ValueError, match="only a 2-D"):
+        refit_to_masks(vec, [{"b": torch.ones(3, dtype=torch.bool)}] * 2, [{"b": torch.eye(3)}] * 2)
     with pytest.raises(ValueError, match="NaN or inf"):
         refit_to_masks(taus, masks, [{"w": torch.full((3, 3), float("nan"))}] * 2)
     with pytest.raises(ValueError, match="ridge must be > 0"):

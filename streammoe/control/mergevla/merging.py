@@ -532,9 +532,12 @@ def refit_to_masks(taus: Sequence[StateDict], masks: Sequence[Mapping[str, Tenso
                 if key not in taus[0]:
                     raise ValueError(f"grams[{t}] has key {key!r}, which the task vectors lack")
                 shape = tuple(taus[0][key].shape)
-                if len(shape) != 2 or not isinstance(mat, Tensor) or tuple(mat.shape) != (shape[1], shape[1]):
+                if len(shape) != 2:
+                    raise ValueError(f"grams[{t}][{key!r}]: only a 2-D (out, in) weight has a Gram matrix of "
+                                     f"its inputs, this one has shape {shape}; leave it out of grams")
+                if not isinstance(mat, Tensor) or tuple(mat.shape) != (shape[1], shape[1]):
                     got = tuple(mat.shape) if isinstance(mat, Tensor) else type(mat).__name__
-                    raise ValueError(f"grams[{t}][{key!r}] must be a ({shape[-1]}, {shape[-1]}) tensor for the "
+                    raise ValueError(f"grams[{t}][{key!r}] must be a ({shape[1]}, {shape[1]}) tensor for the "
                                      f"{shape} weight (the Gram matrix of its inputs), got {got}")
                 if not torch.isfinite(mat).all():
                     raise ValueError(f"grams[{t}][{key!r}] contains NaN or inf")
