@@ -211,7 +211,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1, help="seeds in parallel processes")
     ap.add_argument("--out", type=Path, default=Path("outputs/bench_mergevla"))
     ap.add_argument("--videos", type=Path, default=None, help="film one episode per suite here")
-    ap.add_argument("--video-variant", default="ties+mask/router")
+    ap.add_argument("--video-variant", default="ties+mask+refit/router")
     ap.add_argument("--timing", nargs="+", default=None, metavar="DEVICE",
                     help="time a training step and an evaluation episode on these devices instead")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides (after --)")
