@@ -82,6 +82,7 @@ def run_seed(experiment: str, overrides: list[str], seed: int, variants: list[st
             result, cached = pipe.evaluate(head, variant)
             s = summarise(result, pipe.suites)
             s["seconds"] = result.seconds
+            s["episode_success"] = {f"{e.task}/{e.variation}": bool(e.success) for e in result.episodes}
             key = variant if head == "cross_attention" else f"self_attention:{variant}"
             out[key] = s
             print(f"seed {seed} {key:40s} success {100 * s['success']:5.1f} %"
@@ -95,8 +96,9 @@ def run_seed(experiment: str, overrides: list[str], seed: int, variants: list[st
     return {"variants": out, "mask_stats": merged, **info}
 
 
-def _interval(values: list[float]) -> tuple[float, float, float, float]:
-    """Mean, standard deviation and a 95 % t-interval over seeds."""
+def _interval(values: list[float], clip: bool = True) -> tuple[float, float, float, float]:
+    """Mean, standard deviation and a 95 % t-interval over seeds (``clip``: for rates, the
+    interval clipped to [0, 1])."""
     from scipy import stats
 
     x = np.asarray(values, float)
@@ -105,7 +107,41 @@ def _interval(values: list[float]) -> tuple[float, float, float, float]:
         return mean, 0.0, mean, mean
     sd = float(x.std(ddof=1))
     half = float(stats.t.ppf(0.975, len(x) - 1) * sd / np.sqrt(len(x)))
-    return mean, sd, max(0.0, mean - half), min(1.0, mean + half)  # rates: the interval clipped to [0, 1]
+    if clip:
+        return mean, sd, max(0.0, mean - half), min(1.0, mean + half)
+    return mean, sd, mean - half, mean + half
+
+
+def ratio_to_reference(per_seed: dict[int, dict[str, Any]], name: str, reference: str = "experts/oracle",
+                       n_boot: int = 10_000, seed: int = 0) -> dict[str, Any] | None:
+    """A variant's success as a share of ``reference``'s: per seed, the mean over seeds with its
+    t-interval, and the pooled ratio (all seeds' episodes) with a 95 % paired bootstrap interval
+    (episodes resampled within each seed, the same episodes for both; None without episodes)."""
+    seeds = list(per_seed)
+    rows = [(per_seed[s]["variants"][name], per_seed[s]["variants"][reference]) for s in seeds]
+    if any(ref["success"] == 0 for _, ref in rows):
+        return None
+    out: dict[str, Any] = {"per_seed": [v["success"] / ref["success"] for v, ref in rows]}
+    out["seeds"] = _interval(out["per_seed"], clip=False)
+    if not all("episode_success" in v and "episode_success" in ref for v, ref in rows):
+        return out
+    pairs = []
+    for v, ref in rows:
+        keys = sorted(ref["episode_success"])
+        if set(keys) != set(v["episode_success"]):
+            return out
+        pairs.append(np.array([[v["episode_success"][k], ref["episode_success"][k]] for k in keys], float))
+    rng = np.random.default_rng(seed)
+    num = np.zeros(n_boot)
+    den = np.zeros(n_boot)
+    for pr in pairs:  # resample within each seed
+        idx = rng.integers(0, len(pr), (n_boot, len(pr)))
+        num += pr[idx, 0].sum(axis=1)
+        den += pr[idx, 1].sum(axis=1)
+    boot = num[den > 0] / den[den > 0]  # a resample where the reference never succeeds has no ratio
+    pooled = float(sum(p[:, 0].sum() for p in pairs) / sum(p[:, 1].sum() for p in pairs))
+    out["pooled"] = (pooled, float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975)))
+    return out
 
 
 def aggregate(per_seed: dict[int, dict[str, Any]], suites: list[str]) -> dict[str, Any]:
@@ -117,6 +153,12 @@ def aggregate(per_seed: dict[int, dict[str, Any]], suites: list[str]) -> dict[st
                                "success_per_suite": {su: _interval([r["success_per_suite"][su] for r in runs])
                                                      for su in suites},
                                "per_seed": [r["success"] for r in runs]}
+        # the share of the experts' success: of the same action head's experts
+        reference = "self_attention:experts/oracle" if name.startswith("self_attention:") else "experts/oracle"
+        if reference in names and name != reference:
+            ratio = ratio_to_reference(per_seed, name, reference)
+            if ratio is not None:
+                row["of_experts"] = ratio
         if "router_accuracy" in runs[0]:
             row["router_accuracy"] = _interval([r["router_accuracy"] for r in runs])
             row["router_confusion"] = np.sum([r["router_confusion"] for r in runs], axis=0).tolist()
@@ -128,14 +170,19 @@ def aggregate(per_seed: dict[int, dict[str, Any]], suites: list[str]) -> dict[st
 
 
 def markdown(table: dict[str, Any], suites: list[str], title: str) -> str:
-    head = "| variant | success % (mean ± sd, 95 % CI) | " + " | ".join(suites) + " | router acc % | route overhead % |"
-    lines = [f"### {title}", "", head, "|" + "---|" * (len(suites) + 4)]
+    head = ("| variant | success % (mean ± sd, 95 % CI) | % of experts (pooled, 95 % CI) | "
+            + " | ".join(suites) + " | router acc % | route overhead % |")
+    lines = [f"### {title}", "", head, "|" + "---|" * (len(suites) + 5)]
     for name, r in table.items():
         m, sd, lo, hi = r["success"]
         cells = [f"{100 * r['success_per_suite'][s][0]:.1f}" for s in suites]
         acc = f"{100 * r['router_accuracy'][0]:.1f}" if "router_accuracy" in r else ""
         ovh = f"{100 * r['route_overhead'][0]:.2f}" if "route_overhead" in r else ""
-        lines.append(f"| {name} | {100 * m:.1f} ± {100 * sd:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] | "
+        share = ""
+        if "pooled" in r.get("of_experts", {}):
+            pm, plo, phi = r["of_experts"]["pooled"]
+            share = f"{100 * pm:.0f} [{100 * plo:.0f}, {100 * phi:.0f}]"
+        lines.append(f"| {name} | {100 * m:.1f} ± {100 * sd:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] | {share} | "
                      + " | ".join(cells) + f" | {acc} | {ovh} |")
     return "\n".join(lines) + "\n"
 

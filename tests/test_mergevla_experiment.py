@@ -234,6 +234,38 @@ def test_bench_script_runs_the_smoke_grid_and_writes_its_table(tmp_path):
     for name in ("bench.md", "success.png", "router_confusion.png"):
         assert (out / name).stat().st_size > 0
     assert "| experts/oracle |" in (out / "bench.md").read_text()
+    experts = [r["variants"]["experts/oracle"]["success"] for r in bench["per_seed"].values()]
+    if all(experts):  # the share of the experts' success, per seed and pooled over episodes
+        merged = [r["variants"]["ties+mask/router"]["success"] for r in bench["per_seed"].values()]
+        np.testing.assert_allclose(row["of_experts"]["per_seed"], np.divide(merged, experts))
+        pooled, lo, hi = row["of_experts"]["pooled"]
+        assert lo <= pooled <= hi
+    else:
+        assert "of_experts" not in row
+
+
+def test_bench_ratio_to_the_experts_pairs_episodes_within_seeds():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_mergevla.py"
+    spec = importlib.util.spec_from_file_location("bench_mergevla", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def seed(expert, merged):
+        keys = [f"reach-v3/{i}" for i in range(len(expert))]
+        return {"variants": {
+            "experts/oracle": {"success": float(np.mean(expert)), "episode_success": dict(zip(keys, expert))},
+            "ties+mask/oracle": {"success": float(np.mean(merged)), "episode_success": dict(zip(keys, merged))}}}
+
+    per_seed = {1: seed([1, 1, 0, 1], [1, 0, 0, 1]), 2: seed([1, 1, 1, 1], [1, 1, 1, 1])}
+    out = bench.ratio_to_reference(per_seed, "ties+mask/oracle", n_boot=2000)
+    np.testing.assert_allclose(out["per_seed"], [2 / 3, 1.0])
+    pooled, lo, hi = out["pooled"]
+    assert pooled == pytest.approx(6 / 7) and lo < pooled <= hi <= 1.0
+    same = bench.ratio_to_reference({1: seed([1, 0, 1], [1, 0, 1])}, "ties+mask/oracle", n_boot=500)
+    assert same["pooled"] == (1.0, 1.0, 1.0)  # identical episodes: no spread
+    assert bench.ratio_to_reference({1: seed([0, 0], [1, 0])}, "ties+mask/oracle") is None  # experts at 0
 
 
 @pytest.mark.parametrize("override, match", [

@@ -554,8 +554,8 @@ def refit_to_masks(taus: Sequence[StateDict], masks: Sequence[Mapping[str, Tenso
         rows = []
         for start in range(0, tau.shape[1], 64):  # row blocks bound the (rows, in, in) systems' memory
             mr, tr = m[:, start:start + 64], tau[:, start:start + 64]        # (T, R, in)
-            a = torch.einsum("tri,tij,trj->rij", mr, g, mr)
-            b = torch.einsum("tri,tij,trj->ri", mr, g, tr)
+            a = sum(g[t][None] * (mr[t][:, :, None] * mr[t][:, None, :]) for t in range(len(taus)))
+            b = (mr * torch.einsum("tij,trj->tri", g, tr)).sum(dim=0)
             scale = torch.diagonal(a, dim1=-2, dim2=-1).mean(dim=-1).clamp(min=1e-12)
             a = a + (ridge * scale)[:, None, None] * torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
             rows.append(torch.linalg.solve(a, b))
