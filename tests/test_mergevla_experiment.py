@@ -340,3 +340,56 @@ def test_the_lora_task_vector_router_separates_eva_experts(eva_layers, eva_modul
     with pytest.raises(ValueError, match="lora_init"):
         train_expert(cfg, base, suites[0], settings, lora_rank=2, lora_alpha=4.0, lora_target="backbone",
                      lora_init="pissa", seed=0, device=torch.device("cpu"))
+
+
+def _script(name: str):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_probe_entrywise_optimum_beats_every_subset_and_value():
+    """Per entry, no other mask subset (with its best value, the subset's mean) has a lower error."""
+    import itertools
+
+    probe = _script("probe_mergevla_refit")
+    g = torch.Generator().manual_seed(3)
+    taus = [{"w": torch.randn(40, generator=g)} for _ in range(4)]
+    shared, masks = probe.entrywise_optimum(taus)
+    x = torch.stack([t["w"] for t in taus]).double()
+    for i in range(40):
+        kept = [t for t in range(4) if masks[t]["w"][i]]
+        got = sum(((shared["w"][i].double() if t in kept else 0.0) - x[t, i]) ** 2 for t in range(4))
+        for r in range(0, 5):
+            for sub in itertools.combinations(range(4), r):
+                v = x[list(sub), i].mean() if sub else 0.0
+                err = sum(((v if t in sub else 0.0) - x[t, i]) ** 2 for t in range(4))
+                assert got <= err + 1e-9
+
+
+def test_probe_script_runs_on_the_smoke_config(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "probes.json"
+    proc = subprocess.run(
+        [sys.executable, str(root / "scripts" / "probe_mergevla_refit.py"), "--experiment", "mergevla_smoke",
+         "--seed", "0", "--out", str(out), "--", f"mergevla.data_dir={tmp_path / 'cache'}"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    probes = json.loads(out.read_text())
+    assert set(probes["merges"]) == {"ties+mask", "entrywise_optimum+mask", "ties+mask+refit", "regmean",
+                                     "regmean_masks+refit"}
+    errs = {name: r["relative_error"] for name, r in probes["merges"].items()}
+    # with the same masks, the refit's summed output error is the least (up to its tiny ridge);
+    # the entry-wise optimum's summed parameter error is the least of any shared vector + masks
+    tol = 1e-6 * errs["ties+mask"]["outputs_sum_sq"]
+    assert errs["ties+mask+refit"]["outputs_sum_sq"] <= errs["ties+mask"]["outputs_sum_sq"] + tol
+    for other in ("ties+mask", "ties+mask+refit", "regmean_masks+refit"):
+        assert errs["entrywise_optimum+mask"]["parameters_sum_sq"] <= errs[other]["parameters_sum_sq"] + 1e-12
+    assert probes["layer_swap"] == {}  # the smoke suites have no reach_push

@@ -40,7 +40,7 @@ Masks go to and from files with :func:`save_masks` / :func:`load_masks` (a
 
 **Refit to the masks** (:func:`refit_to_masks`, ``merge_experts(grams=...)``): with the masks
 fixed, the shared vector is re-solved so that each task's masked model reproduces, on that task's
-own inputs, the outputs of its expert: ``tau_MTL = argmin sum_t sum_x ||((mask_t * tau - tau_t) x||^2``
+own inputs, the outputs of its expert: ``tau_MTL = argmin_tau sum_t sum_x ||(mask_t * tau - tau_t) x||^2``
 over every linear layer (RegMean's objective, Jin et al., 2023, "Dataless knowledge fusion by
 merging weights of language models", with the masks inside), closed form per output row from each
 task's Gram matrix of the layer's inputs ``E[x x^T]`` (:func:`input_grams`). The stored artefacts
@@ -92,12 +92,12 @@ __all__ = [
     "check_state_dicts",
     "disjoint_mean",
     "elect_sign",
+    "input_grams",
     "key_selector",
     "load_masks",
     "mask_stats",
     "merge_experts",
     "merged_task_vector",
-    "input_grams",
     "naive_average",
     "refit_to_masks",
     "save_masks",
