@@ -71,17 +71,16 @@ def main() -> None:
     os.environ.setdefault("MUJOCO_GL", "egl")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_mergevla import _compose
-    from streammoe_envs.metaworld import SUITES, split_variations
+    from streammoe_envs.metaworld import SUITES
 
-    from streammoe.control.mergevla.evaluate import SuitePolicy, evaluate, summarise
-    from streammoe.control.mergevla.experiment import Pipeline, model_config
+    from streammoe.control.mergevla.evaluate import SuitePolicy, summarise
+    from streammoe.control.mergevla.experiment import Pipeline
     from streammoe.control.mergevla.merging import (
         merged_task_vector,
         refit_to_masks,
         tall_masks,
         task_vectors,
     )
-    from streammoe.control.mergevla.model import TinyVLA
     from streammoe.devices import resolve_device, seed_everything
     from streammoe.runs import format_table
 
@@ -91,30 +90,21 @@ def main() -> None:
     pipe = Pipeline(c, args.seed, resolve_device(cfg.device))
     head = "cross_attention"
     base, experts, _ = pipe.experts(head)
-    mcfg = model_config(c, head, args.seed)
     grams = pipe.grams(head)
     keys = [k for k in grams[0] if any(not torch.equal(e[k], base[k]) for e in experts)]
     taus = task_vectors({k: base[k] for k in keys}, [{k: e[k] for k in keys} for e in experts])
     gsub = [{k: g[k] for k in keys} for g in grams]
     n = len(taus)
-    _, heldout = split_variations(int(c.demos.n_heldout), int(c.demos.split_seed))
-    variations = list(heldout[: int(c.eval.episodes_per_task)])
 
     def deltas(shared: dict[str, torch.Tensor], masks: list[dict[str, torch.Tensor]] | None
                ) -> list[dict[str, torch.Tensor]]:
         return [{k: shared[k] * masks[t][k] if masks else shared[k] for k in keys} for t in range(n)]
 
     def run(name: str, ds: list[dict[str, torch.Tensor]], suites: tuple[str, ...] = pipe.suites) -> dict[str, Any]:
-        models = []
-        for t, sd in enumerate(experts):
-            full = dict(sd)
-            full.update({k: base[k] + ds[t][k] for k in keys})
-            model = TinyVLA(mcfg)
-            model.load_state_dict(full)
-            models.append(model.to(pipe.device).eval())
+        models = [pipe.build(head, {**sd, **{k: base[k] + ds[t][k] for k in keys}})
+                  for t, sd in enumerate(experts)]
         tasks = [task for s in suites for task in SUITES[s]]
-        result = evaluate(SuitePolicy(models, pipe.suites, "oracle"), tasks, variations, vision=bool(c.vision),
-                          image_size=int(c.image_size), camera=str(c.camera), device=pipe.device, desc=name)
+        result = pipe.run_episodes(SuitePolicy(models, pipe.suites, "oracle"), tasks, desc=name)
         s = summarise(result, pipe.suites)
         per_task: dict[str, list[bool]] = {}
         for e in result.episodes:
@@ -153,7 +143,7 @@ def main() -> None:
     }
     density = {"ties+mask": ties_masks, "entrywise_optimum+mask": opt_masks, "regmean_masks+refit": regmean_masks}
     rows, out = [], {"seed": args.seed, "overrides": args.overrides, "suites": list(pipe.suites), "keys": keys,
-                     "variations": variations, "merges": {}, "layer_swap": {}}
+                     "variations": pipe.heldout_variations(), "merges": {}, "layer_swap": {}}
     for name, ds in merges.items():
         res = run(name, ds)
         res["relative_error"] = errors(ds)

@@ -176,15 +176,12 @@ class Pipeline:
         if action_head not in self._grams:
             base, experts, _ = self.experts(action_head)
             _, data, _ = self.demos()
-            cfg = model_config(self.c, action_head, self.seed)
             n = int(self.c.merge.refit_frames)
             rng = np.random.default_rng(self.seed)
             keys = [k for k in base if k.startswith("backbone.")]
             grams = []
             for suite, sd in zip(self.suites, experts):
-                model = TinyVLA(cfg)
-                model.load_state_dict(sd)
-                model = model.to(self.device).eval()
+                model = self.build(action_head, sd)
                 frames = data[suite]
                 idx = rng.choice(len(frames), size=min(n, len(frames)), replace=False)
                 batches = [obs_batch(frames, idx[i:i + 256], model.cfg.vision, self.device)
@@ -208,16 +205,32 @@ class Pipeline:
                 grams=self.grams(action_head) if refit else None, ridge=float(m.refit_ridge))
         return self._merges[action_head, method, refit]
 
+    def build(self, action_head: str, state_dict: Mapping[str, torch.Tensor]) -> TinyVLA:
+        """A model of this pipeline's config with ``state_dict``, on the device, in eval mode."""
+        model = TinyVLA(model_config(self.c, action_head, self.seed))
+        model.load_state_dict(state_dict)
+        return model.to(self.device).eval()
+
+    def heldout_variations(self) -> list[int]:
+        """The evaluation's variations: the first ``eval.episodes_per_task`` held-out ones."""
+        _, heldout = split_variations(int(self.c.demos.n_heldout), int(self.c.demos.split_seed))
+        return list(heldout[: int(self.c.eval.episodes_per_task)])
+
+    def run_episodes(self, policy: SuitePolicy, tasks: Sequence[str] | None = None, *,
+                     video_dir: Path | None = None, desc: str = "evaluate") -> EvalResult:
+        """One episode per task (default: every suite's) and held-out variation, uncached."""
+        return evaluate(policy, self.tasks if tasks is None else tasks, self.heldout_variations(),
+                        vision=bool(self.c.vision), image_size=int(self.c.image_size),
+                        camera=str(self.c.camera), device=self.device, video_dir=video_dir,
+                        video_size=int(self.c.eval.video_size), desc=desc)
+
     def policy(self, action_head: str, variant: str) -> tuple[SuitePolicy, MergedExperts | None]:
         """The policy a variant names (and the merge it came from, if any)."""
         merge, masked, route, refit = variant_parts(variant)
-        cfg = model_config(self.c, action_head, self.seed)
         base, experts, _ = self.experts(action_head)
 
         def build(sd: Mapping[str, torch.Tensor]) -> TinyVLA:
-            model = TinyVLA(cfg)
-            model.load_state_dict(sd)
-            return model.to(self.device).eval()
+            return self.build(action_head, sd)
 
         if merge == "base":
             return SuitePolicy([build(base)], self.suites, "single"), None
@@ -245,9 +258,7 @@ class Pipeline:
         """A variant's evaluation on the held-out variations (cached; filming runs it again, with
         the same result, and refreshes the cache)."""
         _, _, fps = self.experts(action_head)
-        ev = self.c.eval
-        _, heldout = split_variations(int(self.c.demos.n_heldout), int(self.c.demos.split_seed))
-        variations = list(heldout[: int(ev.episodes_per_task)])
+        variations = self.heldout_variations()
         settings = {"variant": variant, "head": action_head, "variations": variations,
                     "merge": OmegaConf.to_container(self.c.merge, resolve=True),
                     "router": OmegaConf.to_container(self.c.router, resolve=True),
@@ -256,10 +267,8 @@ class Pipeline:
 
         def run_eval() -> dict[str, Any]:
             policy, _ = self.policy(action_head, variant)
-            result = evaluate(policy, self.tasks, variations, vision=bool(self.c.vision),
-                              image_size=int(self.c.image_size), camera=str(self.c.camera),
-                              device=self.device, video_dir=video_dir, video_size=int(ev.video_size),
-                              desc=f"eval {variant} ({action_head}, seed {self.seed})")
+            result = self.run_episodes(policy, video_dir=video_dir,
+                                       desc=f"eval {variant} ({action_head}, seed {self.seed})")
             return {"result": json.dumps(result.to_dict())}
 
         state, _, cached = cached_stage(self.cache, f"eval_s{self.seed}", settings, fps, run_eval,
@@ -289,8 +298,9 @@ def run_mergevla(c: DictConfig, seed: int, device: torch.device, run_dir: Path,
             recorder.log(stage=f"eval/{name}", seed=seed, step=None, loss=None,
                          success=summary["success"], seconds=result.seconds["total"])
         episodes[name] = result.to_dict()["episodes"]
-        merge, masked, route, _ = variant_parts(variant)
-        if masked and f"{head}:{merge}" not in metrics["mask_stats"]:
+        parts = variant_parts(variant)
+        merge = parts.merge
+        if parts.masked and f"{head}:{merge}" not in metrics["mask_stats"]:
             merged = pipe.merge(head, merge)
             metrics["mask_stats"][f"{head}:{merge}"] = merged.stats.to_dict()
             save_masks(run_dir / f"masks_{head}_{merge}.safetensors", merged.masks, tasks=pipe.suites,
