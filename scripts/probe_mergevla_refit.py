@@ -14,7 +14,9 @@ On the seed's experts (stages read from ``mergevla.data_dir`` or trained) and TI
   shared vector with binary masks (per entry, the masks and value with the least squared error
   over the suites: the value is the mean of the top-j same-sign entries, j and the sign chosen to
   maximise ``(sum)^2 / j``); TIES + masks + refit; RegMean (the refit with every mask on); the
-  refit with TALL masks made from RegMean's vector.
+  refit with TALL masks made from RegMean's vector;
+* **cost** of the refit (``seconds``): the Gram matrices of every suite (``Pipeline.grams``) and
+  the solve (``refit_to_masks``), one process.
 
 Writes JSON (``--out``) and prints a table::
 
@@ -28,6 +30,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +93,9 @@ def main() -> None:
     pipe = Pipeline(c, args.seed, resolve_device(cfg.device))
     head = "cross_attention"
     base, experts, _ = pipe.experts(head)
+    start = time.perf_counter()
     grams = pipe.grams(head)
+    seconds = {"grams": time.perf_counter() - start}
     keys = [k for k in grams[0] if any(not torch.equal(e[k], base[k]) for e in experts)]
     taus = task_vectors({k: base[k] for k in keys}, [{k: e[k] for k in keys} for e in experts])
     gsub = [{k: g[k] for k in keys} for g in grams]
@@ -129,7 +134,9 @@ def main() -> None:
     ties = merged_task_vector(taus, "ties", density=float(m.ties_density))
     ties_masks = tall_masks(taus, ties, float(m.lam))
     opt_shared, opt_masks = entrywise_optimum(taus)
+    start = time.perf_counter()
     refit = refit_to_masks(taus, ties_masks, gsub, ridge=float(m.refit_ridge))
+    seconds["refit_solve"] = time.perf_counter() - start
     every = [{k: torch.ones_like(taus[0][k], dtype=torch.bool) for k in keys} for _ in range(n)]
     regmean = refit_to_masks(taus, every, gsub, ridge=float(m.refit_ridge))
     regmean_masks = tall_masks(taus, regmean, float(m.lam))
@@ -143,7 +150,8 @@ def main() -> None:
     }
     density = {"ties+mask": ties_masks, "entrywise_optimum+mask": opt_masks, "regmean_masks+refit": regmean_masks}
     rows, out = [], {"seed": args.seed, "overrides": args.overrides, "suites": list(pipe.suites), "keys": keys,
-                     "variations": pipe.heldout_variations(), "merges": {}, "layer_swap": {}}
+                     "variations": pipe.heldout_variations(), "seconds": seconds, "merges": {},
+                     "layer_swap": {}}
     for name, ds in merges.items():
         res = run(name, ds)
         res["relative_error"] = errors(ds)
