@@ -224,6 +224,7 @@ SIZE_KEYS = {  # what a smoke config may change: sizes and budgets (and its name
     "video_episodes", "n_steps", "n_epochs", "net_arch", "n_train_tasks", "n_test_tasks", "horizon",
     "n_episodes", "data_dir", "d_model", "n_heads", "expert_hidden", "steps", "warmup_steps",
     "log_every", "ckpt_every",
+    "jobs",    # mergevla_smoke: in-process (worker processes cost more than the smoke run)
     "device",  # skillblend_smoke: the tests' SB3 runs stay on the CPU on a GPU machine
     "curve_at",  # skillblend_smoke: learning-curve points are budgets, below the smoke's timesteps
     "data",    # macrohft_smoke: the synthetic market instead of a download

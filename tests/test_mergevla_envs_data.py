@@ -177,6 +177,47 @@ def test_env_rejects_bad_actions_before_the_simulation_changes(bad) -> None:
     env.close()
 
 
+def test_step_chunk_equals_single_steps_and_renders_once(monkeypatch) -> None:
+    rng = np.random.default_rng(0)
+    chunks = rng.uniform(-1, 1, (6, 4, 4)).astype(np.float32)
+    one, many = (mw.MetaWorldTaskEnv(BUTTON, variation=4, vision=True, image_size=16) for _ in range(2))
+    one.reset()
+    many.reset()
+    renders = []
+    real = mw.env._Camera.render
+    monkeypatch.setattr(mw.env._Camera, "render", lambda self, data: renders.append(1) or real(self, data))
+    for chunk in chunks:
+        total = 0.0
+        for a in chunk:
+            obs1, r, term1, trunc1, info1 = one.step(a)
+            total += r
+        n_before = len(renders)
+        obs4, r4, term4, trunc4, info4, taken = many.step_chunk(chunk)
+        assert taken == 4 and len(renders) == n_before + 1  # one image per chunk
+        assert r4 == pytest.approx(total) and (term4, trunc4) == (term1, trunc1) and info4 == info1
+        np.testing.assert_array_equal(obs4["image"], obs1["image"])
+        np.testing.assert_array_equal(many.raw_obs, one.raw_obs)
+    # the chunk stops where the episode ends
+    many._steps = many.max_steps - 2
+    *_, truncated, _, taken = many.step_chunk(chunks[0])
+    assert truncated and taken == 2
+    with pytest.raises(RuntimeError, match="call reset"):
+        many.step_chunk(chunks[0])
+    many.reset()
+    raw = many.raw_obs
+    bad = chunks[0].copy()
+    bad[3, 1] = np.nan  # a bad action anywhere in the chunk: nothing is stepped
+    with pytest.raises(ValueError, match="NaN or inf"):
+        many.step_chunk(bad)
+    for shape in [(4,), (0, 4), (2, 3)]:
+        with pytest.raises(ValueError, match=r"shape \(k, 4\)"):
+            many.step_chunk(np.zeros(shape, np.float32))
+    np.testing.assert_array_equal(many.raw_obs, raw)
+    assert many._steps == 0
+    one.close()
+    many.close()
+
+
 def test_env_rejects_bad_settings_naming_them() -> None:
     with pytest.raises(ValueError, match="unknown MergeVLA task 'open-fridge'"):
         mw.MetaWorldTaskEnv("open-fridge")

@@ -271,15 +271,44 @@ class MetaWorldTaskEnv(gym.Env):
         return self._observation(), self._info(False)
 
     def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        action = self._check_actions(action, (ACTION_DIM,), "action")
+        reward, terminated, truncated, success = self._advance(action)
+        return self._observation(), reward, terminated, truncated, self._info(success)
+
+    def step_chunk(self, actions: Any) -> tuple[dict[str, np.ndarray], float, bool, bool,
+                                                dict[str, Any], int]:
+        """Execute an action chunk ``(k, 4)`` step by step, stopping early when the episode ends,
+        and observe once, after the last step taken: the same final state, reward sum and flags
+        as ``k`` calls of :meth:`step`, with one rendered image instead of ``k`` (a receding-horizon
+        policy looks only at the chunk's last frame). Returns ``(obs, reward_sum, terminated,
+        truncated, info, steps_taken)``. Every action is checked before the first step."""
+        actions = self._check_actions(actions, None, "actions")
+        if actions.ndim != 2 or actions.shape[1] != ACTION_DIM or len(actions) == 0:
+            raise ValueError(f"actions must have shape (k, {ACTION_DIM}) with k >= 1 (a chunk of "
+                             f"hand dx, dy, dz, gripper), got {actions.shape}")
+        total, taken = 0.0, 0
+        terminated = truncated = success = False
+        for action in actions:
+            reward, terminated, truncated, success = self._advance(action)
+            total += reward
+            taken += 1
+            if terminated or truncated:
+                break
+        return self._observation(), total, terminated, truncated, self._info(success), taken
+
+    def _check_actions(self, action: Any, shape: tuple[int, ...] | None, name: str) -> np.ndarray:
         action = np.asarray(action, dtype=np.float64)
-        if action.shape != (ACTION_DIM,):
-            raise ValueError(f"action must have shape ({ACTION_DIM},) (hand dx, dy, dz, gripper), "
+        if shape is not None and action.shape != shape:
+            raise ValueError(f"{name} must have shape {shape} (hand dx, dy, dz, gripper), "
                              f"got {action.shape}")
         if not np.all(np.isfinite(action)):
-            raise ValueError(f"action contains NaN or inf: {action.tolist()}")
+            raise ValueError(f"{name} contains NaN or inf: {action.tolist()}")
         if self._done:
             raise RuntimeError(f"{self.task}: the episode has ended (or never started); call reset()")
-        action = np.clip(action, -1.0, 1.0)
+        return np.clip(action, -1.0, 1.0)
+
+    def _advance(self, action: np.ndarray) -> tuple[float, bool, bool, bool]:
+        """One simulation step with a checked, clipped action; no observation is rendered."""
         raw, reward, _, _, mw_info = self._mw.step(action.astype(np.float32))
         self._raw = np.asarray(raw, dtype=np.float64)
         self._steps += 1
@@ -287,7 +316,7 @@ class MetaWorldTaskEnv(gym.Env):
         terminated = success and self.terminate_on_success
         truncated = self._steps >= self.max_steps and not terminated
         self._done = terminated or truncated
-        return self._observation(), float(reward), terminated, truncated, self._info(success)
+        return float(reward), terminated, truncated, success
 
     def expert_action(self) -> np.ndarray:
         """Meta-World's scripted expert's action (float32, in [-1, 1]) for the current state."""

@@ -224,6 +224,7 @@ class MergeVLAConfig:
     """``cfg.mergevla``."""
 
     data_dir: str = MISSING
+    jobs: int = MISSING
     suites: list[str] = MISSING
     pretrain_tasks: list[str] = MISSING
     vision: bool = MISSING
@@ -238,6 +239,7 @@ class MergeVLAConfig:
     eval: EvalSettings = MISSING
 
     def check(self, at: str) -> None:
+        in_range(f"{at}jobs", self.jobs, 1, 64)
         non_empty(f"{at}suites", self.suites)
         for i, suite in enumerate(self.suites):
             one_of(f"{at}suites[{i}]", suite, SUITE_NAMES)

@@ -53,6 +53,7 @@ import hashlib
 import inspect
 import json
 import math
+import multiprocessing as mp
 import os
 import uuid
 import warnings
@@ -219,13 +220,14 @@ def collect_demos(tasks: Sequence[str] | None = None, episodes_per_task: int = 1
                   vision: bool = True, image_size: int = 64, camera: str = DEFAULT_CAMERA,
                   action_noise: float = 0.1, seed: int = 0, min_success: float = 0.95,
                   variations: Sequence[int] | None = None, n_heldout: int = 10,
-                  split_seed: int = 0) -> DemoSet:
+                  split_seed: int = 0, jobs: int = 1) -> DemoSet:
     """Scripted-expert demonstrations of ``tasks`` (default: every task of every suite).
 
     ``variations``: the variation indices to cycle through (default: the training split of
     ``split_variations(n_heldout, split_seed)``). Each task draws from its own generator
     (``seed`` and the task's position in ``TASK_NAMES``), so adding or dropping a task leaves the
-    others' demonstrations unchanged."""
+    others' demonstrations unchanged, and ``jobs`` worker processes (tasks split among them)
+    collect the same demonstrations as one."""
     if isinstance(tasks, str):
         raise TypeError(f"tasks must be a list of task names, got the string {tasks!r}; write [{tasks!r}]")
     tasks = list(TASK_NAMES if tasks is None else tasks)
@@ -242,18 +244,23 @@ def collect_demos(tasks: Sequence[str] | None = None, episodes_per_task: int = 1
     episodes: list[Episode] = []
     stats: dict[str, dict[str, Any]] = {}
     dropped: dict[str, float] = {}
-    bar = progress(total=len(tasks) * episodes_per_task, desc="collect demos")
-    for task in tasks:
-        rng = np.random.default_rng([int(seed), ALL_TASK_NAMES.index(task)])
-        order = rng.permutation(pool)
-        env = MetaWorldTaskEnv(task, int(order[0]), vision=vision, image_size=image_size, camera=camera)
-        try:
-            runs = []
-            for i in range(episodes_per_task):
-                runs.append(collect_episode(env, rng, action_noise, int(order[i % len(order)])))
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
+    args = [(task, episodes_per_task, bool(vision), int(image_size), camera, float(action_noise),
+             int(seed), pool) for task in tasks]
+    bar = progress(total=len(tasks), desc="collect demos (tasks)")
+    if jobs > 1 and len(tasks) > 1:
+        with mp.get_context("spawn").Pool(min(jobs, len(tasks))) as workers:
+            per_task = []
+            for runs in workers.imap(_collect_task, args):
+                per_task.append(runs)
                 bar.update()
-        finally:
-            env.close()
+    else:
+        per_task = []
+        for a in args:
+            per_task.append(_collect_task(a))
+            bar.update()
+    for task, runs in zip(tasks, per_task):
         ok = [e for e in runs if e.success]
         rate = len(ok) / len(runs)
         stats[task] = {"attempts": len(runs), "successes": len(ok), "success_rate": rate,
@@ -267,6 +274,19 @@ def collect_demos(tasks: Sequence[str] | None = None, episodes_per_task: int = 1
             episodes.extend(ok)
     bar.close()
     return DemoSet(episodes, stats, dropped, settings)
+
+
+def _collect_task(args: tuple[str, int, bool, int, str, float, int, list[int]]) -> list[Episode]:
+    """Every episode of one task (its own generator; a worker process's job)."""
+    task, episodes_per_task, vision, image_size, camera, action_noise, seed, pool = args
+    rng = np.random.default_rng([seed, ALL_TASK_NAMES.index(task)])
+    order = rng.permutation(pool)
+    env = MetaWorldTaskEnv(task, int(order[0]), vision=vision, image_size=image_size, camera=camera)
+    try:
+        return [collect_episode(env, rng, action_noise, int(order[i % len(order)]))
+                for i in range(episodes_per_task)]
+    finally:
+        env.close()
 
 
 _COLLECT_SIGNATURE = inspect.signature(collect_demos)
@@ -519,13 +539,14 @@ def ensure_demos(data_dir: str | Path, **settings: Any) -> tuple[Path, DemoSet]:
     except TypeError as e:
         raise TypeError(f"ensure_demos: {e} (it takes collect_demos' keyword arguments)") from e
     bound.apply_defaults()
+    jobs = bound.arguments.pop("jobs")  # how, not what: it leaves the file's content and name alone
     spec = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in bound.arguments.items()}
     if spec["tasks"] is None:
         spec["tasks"] = list(TASK_NAMES)
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
     path = Path(data_dir) / f"demos_{digest}.hdf5"
     if not path.is_file():
-        write_demos(path, collect_demos(**spec))
+        write_demos(path, collect_demos(**spec, jobs=jobs))
     demos = read_demos(path)
     differ = {k: (demos.settings.get(k), v) for k, v in spec.items() if demos.settings.get(k) != v}
     if differ:

@@ -14,7 +14,7 @@ naive full average, the base), and says how an episode's model is chosen:
 :func:`evaluate` runs ``episodes_per_task`` episodes per task, one per held-out variation, in
 lockstep (the episodes of a task step together and share each forward pass; a finished episode
 drops out), executing each predicted chunk whole (receding horizon, one forward pass per
-``chunk`` steps). It returns per-episode records (task, suite, variation, success, steps, the
+``chunk`` steps, the image rendered once per chunk: ``MetaWorldTaskEnv.step_chunk``). It returns per-episode records (task, suite, variation, success, steps, the
 routed suite and its confidence) and the wall time split into policy, routing and simulation, and
 optionally writes one MP4 per suite (:mod:`streammoe.video`).
 """
@@ -163,15 +163,20 @@ def evaluate(policy: SuitePolicy, tasks: Sequence[str], variations: Sequence[int
                     plans[rows] = policy.models[int(m)].act(batch).cpu().numpy()
                 t_policy += time.perf_counter() - t0
                 t0 = time.perf_counter()
-                for j in range(chunk):
-                    for i in np.flatnonzero(active):
-                        obs[i], _, terminated, truncated, info = envs[i].step(plans[i, j])
-                        steps[i] += 1
-                        if film and i == 0:
-                            frames.append(envs[0].render())
-                        if terminated or truncated:
-                            success[i] = bool(info["success"])
-                            active[i] = False
+                for i in np.flatnonzero(active):
+                    if film and i == 0:  # step by step, filming every frame
+                        for j in range(chunk):
+                            obs[i], _, terminated, truncated, info = envs[i].step(plans[i, j])
+                            steps[i] += 1
+                            frames.append(envs[i].render())
+                            if terminated or truncated:
+                                break
+                    else:  # observed (rendered) once, after the chunk
+                        obs[i], _, terminated, truncated, info, taken = envs[i].step_chunk(plans[i])
+                        steps[i] += taken
+                    if terminated or truncated:
+                        success[i] = bool(info["success"])
+                        active[i] = False
                 t_sim += time.perf_counter() - t0
             for i, v in enumerate(variations):
                 routed = policy.suites[int(which[i])] if policy.route == "router" else None

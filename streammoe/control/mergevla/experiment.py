@@ -24,7 +24,8 @@ suite of ``mergevla.eval.video_variant``).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import multiprocessing as mp
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +64,13 @@ from streammoe.control.mergevla.train import (
     TrainSettings,
     cached_stage,
     obs_batch,
+    stage_fingerprint,
+    stage_path,
     train_base,
     train_expert,
 )
 from streammoe.devices import resolve_device
-from streammoe.runs import RunRecorder, format_table
+from streammoe.runs import RunRecorder, format_table, progress
 
 __all__ = ["Pipeline", "model_config", "run", "run_mergevla"]
 
@@ -95,7 +98,7 @@ class Pipeline:
         self.pretrain_tasks = tuple(c.pretrain_tasks)
         self.cache = Path(c.data_dir)
         self._demos: tuple[str, dict[str, SuiteData], dict[str, Any]] | None = None
-        self._experts: dict[str, tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]], list[str]]] = {}
+        self._stages: dict[tuple[str, str], tuple[dict[str, torch.Tensor], str]] = {}
         self._merges: dict[tuple[str, str, bool], MergedExperts] = {}
         self._grams: dict[str, list[dict[str, torch.Tensor]]] = {}
 
@@ -108,7 +111,7 @@ class Pipeline:
                 self.cache, tasks=[*self.tasks, *self.pretrain_tasks], episodes_per_task=int(d.episodes_per_task),
                 vision=bool(self.c.vision), image_size=int(self.c.image_size), camera=str(self.c.camera),
                 action_noise=float(d.action_noise), seed=int(d.seed), min_success=float(d.min_success),
-                n_heldout=int(d.n_heldout), split_seed=int(d.split_seed))
+                n_heldout=int(d.n_heldout), split_seed=int(d.split_seed), jobs=int(self.c.jobs))
             data = suite_data(demos.episodes, int(self.c.model.chunk), str(self.c.expert.targets))
             missing = [s for s in self.suites if s not in data]
             if missing:
@@ -120,54 +123,81 @@ class Pipeline:
                             "dropped_tasks": dict(demos.dropped), "demo_file": str(path)})
         return self._demos
 
-    def _log(self, stage: str):
-        if self.recorder is None:
-            return None
-        return lambda row: self.recorder.log(stage=stage, seed=self.seed, step=row["step"],
-                                             loss=row["loss"], success=None, seconds=row["seconds"])
+    def _base_spec(self, action_head: str) -> tuple[str, dict[str, Any], list[str]]:
+        """The base stage's ``(name, settings, inputs)``, what names its file."""
+        demo_fp, _, _ = self.demos()
+        cfg = model_config(self.c, action_head, self.seed)
+        return f"base_s{self.seed}", {"model": cfg.to_dict(), "train": _train_settings(self.c.base).to_dict(),
+                                      "suites": list(self.suites),
+                                      "pretrain_tasks": list(self.pretrain_tasks)}, [demo_fp]
+
+    def base(self, action_head: str) -> tuple[dict[str, torch.Tensor], str]:
+        """``(the base's state dict, its fingerprint)``, trained here unless cached."""
+        _, data, _ = self.demos()
+        cfg = model_config(self.c, action_head, self.seed)
+        suites_data = {s: data[s] for s in self.suites}
+        state, fp = self._stage(f"base/{action_head}", *self._base_spec(action_head), lambda: train_base(
+            cfg, suites_data, _train_settings(self.c.base), pretrain=data.get(PRETRAIN_SUITE),
+            seed=self.seed, device=self.device))
+        return state, fp
+
+    def _expert_spec(self, action_head: str, suite: str) -> tuple[str, dict[str, Any], list[str]]:
+        """One expert stage's ``(name, settings, inputs)``."""
+        _, base_fp = self.base(action_head)
+        e = self.c.expert
+        settings = {"model": model_config(self.c, action_head, self.seed).to_dict(),
+                    "train": _train_settings(e).to_dict(), "suite": suite,
+                    "lora": {"rank": int(e.lora_rank), "alpha": float(e.lora_alpha),
+                             "target": str(e.lora_target)}, "targets": str(e.targets),
+                    "shared_lr_scale": float(e.shared_lr_scale)}
+        if str(e.lora_init) != "default":  # (the default leaves earlier stage files valid)
+            settings["lora_init"] = str(e.lora_init)
+            if e.eva_layers is not None:
+                settings["eva_layers"] = [int(i) for i in e.eva_layers]
+            if e.eva_modules is not None:
+                settings["eva_modules"] = [str(m) for m in e.eva_modules]
+        return f"expert_{suite}_s{self.seed}", settings, [base_fp]
+
+    def expert(self, action_head: str, suite: str) -> tuple[dict[str, torch.Tensor], str]:
+        """``(one suite's expert state dict, its fingerprint)``, trained here unless cached."""
+        base, _ = self.base(action_head)
+        _, data, _ = self.demos()
+        e = self.c.expert
+        cfg = model_config(self.c, action_head, self.seed)
+        return self._stage(f"expert/{action_head}/{suite}", *self._expert_spec(action_head, suite),
+                           lambda: train_expert(
+                               cfg, base, data[suite], _train_settings(e), lora_rank=int(e.lora_rank),
+                               lora_alpha=float(e.lora_alpha), lora_target=str(e.lora_target),
+                               shared_lr_scale=float(e.shared_lr_scale), lora_init=str(e.lora_init),
+                               eva_layers=None if e.eva_layers is None else [int(i) for i in e.eva_layers],
+                               eva_modules=None if e.eva_modules is None else [str(m) for m in e.eva_modules],
+                               seed=self.seed * 1000 + self.suites.index(suite) + 1, device=self.device))
+
+    def _stage(self, label: str, name: str, settings: dict[str, Any], inputs: list[str],
+               train: Callable[[], tuple[dict[str, torch.Tensor], list[dict[str, float]]]]
+               ) -> tuple[dict[str, torch.Tensor], str]:
+        """A training stage's weights (cached), its loss history kept in its file and logged to
+        ``metrics.csv`` once per pipeline, whether trained now, by a worker or by an earlier run."""
+        key = (name, stage_fingerprint(name, settings, inputs))
+        if key not in self._stages:
+            def build() -> dict[str, Any]:
+                weights, history = train()
+                return {"weights": weights, "history": json.dumps(history)}
+
+            state, fp, _ = cached_stage(self.cache, name, settings, inputs, build)
+            history = json.loads(state["history"]) if "history" in state else []  # (older files: none)
+            if self.recorder is not None:
+                for row in history:
+                    self.recorder.log(stage=label, seed=self.seed, step=row["step"], loss=row["loss"],
+                                      success=None, seconds=row["seconds"])
+            self._stages[key] = (state["weights"], fp)
+        return self._stages[key]
 
     def experts(self, action_head: str) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]], list[str]]:
         """``(base state dict, expert state dicts in suite order, their fingerprints)``."""
-        if action_head in self._experts:
-            return self._experts[action_head]
-        demo_fp, data, _ = self.demos()
-        cfg = model_config(self.c, action_head, self.seed)
-        base_settings = {"model": cfg.to_dict(), "train": _train_settings(self.c.base).to_dict(),
-                         "suites": list(self.suites), "pretrain_tasks": list(self.pretrain_tasks)}
-        suites_data = {s: data[s] for s in self.suites}
-        base, base_fp, _ = cached_stage(
-            self.cache, f"base_s{self.seed}", base_settings, [demo_fp],
-            lambda: {"weights": train_base(cfg, suites_data, _train_settings(self.c.base),
-                                           pretrain=data.get(PRETRAIN_SUITE), seed=self.seed,
-                                           device=self.device, log=self._log(f"base/{action_head}"))[0]})
-        e = self.c.expert
-        eva_layers = None if e.eva_layers is None else [int(i) for i in e.eva_layers]
-        eva_modules = None if e.eva_modules is None else [str(m) for m in e.eva_modules]
-        experts, fps = [], []
-        for i, suite in enumerate(self.suites):
-            settings = {"model": cfg.to_dict(), "train": _train_settings(e).to_dict(), "suite": suite,
-                        "lora": {"rank": int(e.lora_rank), "alpha": float(e.lora_alpha),
-                                 "target": str(e.lora_target)}, "targets": str(e.targets),
-                        "shared_lr_scale": float(e.shared_lr_scale)}
-            if str(e.lora_init) != "default":  # (the default leaves earlier stage files valid)
-                settings["lora_init"] = str(e.lora_init)
-                if eva_layers is not None:
-                    settings["eva_layers"] = eva_layers
-                if eva_modules is not None:
-                    settings["eva_modules"] = eva_modules
-            state, fp, _ = cached_stage(
-                self.cache, f"expert_{suite}_s{self.seed}", settings, [base_fp],
-                lambda suite=suite, i=i: {"weights": train_expert(
-                    cfg, base["weights"], data[suite], _train_settings(e), lora_rank=int(e.lora_rank),
-                    lora_alpha=float(e.lora_alpha), lora_target=str(e.lora_target),
-                    shared_lr_scale=float(e.shared_lr_scale), lora_init=str(e.lora_init),
-                    eva_layers=eva_layers, eva_modules=eva_modules,
-                    seed=self.seed * 1000 + i + 1, device=self.device,
-                    log=self._log(f"expert/{action_head}/{suite}"))[0]})
-            experts.append(state["weights"])
-            fps.append(fp)
-        self._experts[action_head] = (base["weights"], experts, fps)
-        return self._experts[action_head]
+        base, _ = self.base(action_head)
+        experts = [self.expert(action_head, suite) for suite in self.suites]
+        return base, [sd for sd, _ in experts], [fp for _, fp in experts]
 
     def grams(self, action_head: str) -> list[dict[str, torch.Tensor]]:
         """Per suite, the Gram matrices of the inputs of every backbone linear layer of that
@@ -253,17 +283,23 @@ class Pipeline:
                 weights, k=int(r.k), temperature=float(r.temperature), tasks=self.suites)
         return SuitePolicy(models, self.suites, route, router, router_layer=layer), merged
 
-    def evaluate(self, action_head: str, variant: str, video_dir: Path | None = None
-                 ) -> tuple[EvalResult, bool]:
-        """A variant's evaluation on the held-out variations (cached; filming runs it again, with
-        the same result, and refreshes the cache)."""
-        _, _, fps = self.experts(action_head)
-        variations = self.heldout_variations()
-        settings = {"variant": variant, "head": action_head, "variations": variations,
+    def _eval_spec(self, action_head: str, variant: str) -> tuple[str, dict[str, Any], list[str]]:
+        """A variant's evaluation stage ``(name, settings, inputs)``."""
+        fps = [self._expert_spec_fp(action_head, suite) for suite in self.suites]
+        settings = {"variant": variant, "head": action_head, "variations": self.heldout_variations(),
                     "merge": OmegaConf.to_container(self.c.merge, resolve=True),
                     "router": OmegaConf.to_container(self.c.router, resolve=True),
                     "vision": bool(self.c.vision), "image_size": int(self.c.image_size),
                     "camera": str(self.c.camera), "tasks": list(self.tasks)}
+        return f"eval_s{self.seed}", settings, fps
+
+    def _expert_spec_fp(self, action_head: str, suite: str) -> str:
+        return stage_fingerprint(*self._expert_spec(action_head, suite))
+
+    def evaluate(self, action_head: str, variant: str, video_dir: Path | None = None
+                 ) -> tuple[EvalResult, bool]:
+        """A variant's evaluation on the held-out variations (cached; filming runs it again, with
+        the same result, and refreshes the cache)."""
 
         def run_eval() -> dict[str, Any]:
             policy, _ = self.policy(action_head, variant)
@@ -271,9 +307,52 @@ class Pipeline:
                                        desc=f"eval {variant} ({action_head}, seed {self.seed})")
             return {"result": json.dumps(result.to_dict())}
 
-        state, _, cached = cached_stage(self.cache, f"eval_s{self.seed}", settings, fps, run_eval,
+        state, _, cached = cached_stage(self.cache, *self._eval_spec(action_head, variant), run_eval,
                                         rebuild=video_dir is not None)
         return EvalResult.from_dict(json.loads(state["result"])), cached
+
+    def prepare(self, plan: Sequence[tuple[str, str, Path | None]], jobs: int) -> set[tuple[str, str]]:
+        """Fill the cache for the evaluations of ``plan`` (``(action_head, variant, video_dir)``)
+        with ``jobs`` worker processes of one torch thread each: the bases here, then the missing
+        experts (one job per suite), then the missing evaluations and the filmed ones (one job per
+        variant). ``evaluate`` then reads every result from the cache. Returns the ``(head,
+        variant)`` pairs filmed here. ``jobs`` <= 1: nothing (the stages run in ``evaluate``)."""
+        if jobs <= 1:
+            return set()
+        self.demos()
+        heads = list(dict.fromkeys(head for head, _, _ in plan))
+        for head in heads:
+            self.base(head)  # one stage: both cores in one process
+        config = OmegaConf.to_container(self.c, resolve=True)
+        todo = [("expert", head, suite, None) for head in heads for suite in self.suites
+                if not stage_path(self.cache, *self._expert_spec(head, suite)).is_file()]
+        _run_jobs(config, self.seed, str(self.device), todo, jobs)
+        todo = [("eval", head, variant, None if video is None else str(video)) for head, variant, video in plan
+                if video is not None or not stage_path(self.cache, *self._eval_spec(head, variant)).is_file()]
+        _run_jobs(config, self.seed, str(self.device), todo, jobs)
+        return {(head, variant) for _, head, variant, video in todo if video is not None}
+
+
+def _run_jobs(config: dict[str, Any], seed: int, device: str, todo: Sequence[tuple[str, str, str, str | None]],
+              jobs: int) -> None:
+    if not todo:
+        return
+    with mp.get_context("spawn").Pool(min(jobs, len(todo))) as pool:
+        for _ in progress(pool.imap_unordered(_stage_job, [(config, seed, device, job) for job in todo]),
+                          total=len(todo), desc=f"{todo[0][0]}s in {min(jobs, len(todo))} processes"):
+            pass
+
+
+def _stage_job(args: tuple[dict[str, Any], int, str, tuple[str, str, str, str | None]]) -> None:
+    """A worker process's job: one expert (``("expert", head, suite, None)``) or one evaluation
+    (``("eval", head, variant, video_dir)``), written to the cache."""
+    config, seed, device, (kind, head, name, video) = args
+    torch.set_num_threads(1)
+    pipe = Pipeline(OmegaConf.create(config), seed, torch.device(device))
+    if kind == "expert":
+        pipe.expert(head, name)
+    else:
+        pipe.evaluate(head, name, None if video is None else Path(video))
 
 
 # ----- the entry ---------------------------------------------------------------------------------
@@ -285,12 +364,14 @@ def run_mergevla(c: DictConfig, seed: int, device: torch.device, run_dir: Path,
     _, _, demo_info = pipe.demos()
     metrics: dict[str, Any] = {"seed": seed, **demo_info, "variants": {}, "mask_stats": {}}
     episodes: dict[str, Any] = {}
-    plan = [("cross_attention", v) for v in c.eval.variants] + \
-           [("self_attention", v) for v in c.eval.ablation_variants]
-    for head, variant in plan:
+    plan = [("cross_attention", v, run_dir / "videos" if c.eval.video and v == c.eval.video_variant else None)
+            for v in c.eval.variants] + [("self_attention", v, None) for v in c.eval.ablation_variants]
+    filmed = pipe.prepare(plan, int(c.jobs))  # the stages in worker processes (jobs > 1)
+    for head in dict.fromkeys(head for head, _, _ in plan):
+        pipe.experts(head)  # trained here (jobs 1) or read; their loss histories go to metrics.csv
+    for head, variant, video_dir in plan:
         name = variant if head == "cross_attention" else f"self_attention:{variant}"
-        filming = bool(c.eval.video) and head == "cross_attention" and variant == c.eval.video_variant
-        result, _ = pipe.evaluate(head, variant, run_dir / "videos" if filming else None)
+        result, _ = pipe.evaluate(head, variant, None if (head, variant) in filmed else video_dir)
         summary = summarise(result, pipe.suites)
         summary["seconds"] = result.seconds
         metrics["variants"][name] = summary

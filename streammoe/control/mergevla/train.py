@@ -61,7 +61,7 @@ from streammoe.control.mergevla.model import (
 from streammoe.runs import progress
 
 __all__ = ["STAGE_KIND", "STAGE_VERSION", "TrainSettings", "aux_targets", "cached_stage", "load_stage",
-           "obs_batch", "random_shift", "stage_fingerprint", "train_base", "train_expert"]
+           "obs_batch", "random_shift", "stage_fingerprint", "stage_path", "train_base", "train_expert"]
 
 STAGE_KIND = "streammoe.mergevla.stage"
 STAGE_VERSION = 1
@@ -288,6 +288,11 @@ def load_stage(path: Path, stage: str, fp: str) -> dict[str, Any]:
     return ck.state
 
 
+def stage_path(cache_dir: str | Path, stage: str, settings: Mapping[str, Any], inputs: Sequence[str]) -> Path:
+    """Where :func:`cached_stage` keeps the stage: ``<cache_dir>/<stage>_<fingerprint[:16]>.safetensors``."""
+    return Path(cache_dir) / f"{stage}_{stage_fingerprint(stage, settings, inputs)[:16]}.safetensors"
+
+
 def cached_stage(cache_dir: str | Path, stage: str, settings: Mapping[str, Any], inputs: Sequence[str],
                  build: Callable[[], dict[str, Any]], rebuild: bool = False
                  ) -> tuple[dict[str, Any], str, bool]:
@@ -295,7 +300,7 @@ def cached_stage(cache_dir: str | Path, stage: str, settings: Mapping[str, Any],
     (and not ``rebuild``), else ``build()``'s, saved there first. Returns ``(state, fingerprint,
     was_cached)``."""
     fp = stage_fingerprint(stage, settings, inputs)
-    path = Path(cache_dir) / f"{stage}_{fp[:16]}.safetensors"
+    path = stage_path(cache_dir, stage, settings, inputs)
     if path.is_file() and not rebuild:
         return load_stage(path, stage, fp), fp, True
     state = build()
