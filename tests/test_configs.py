@@ -89,6 +89,7 @@ AT_COMPOSITION = [
     ("router_demo", "demo.stepz=3", "demo.stepz"),
     ("mergevla_smoke", "mergevla.model.d_model=abc", "mergevla.model.d_model"),
     ("mergevla_smoke", "mergevla.vision=maybe", "mergevla.vision"),
+    ("mergevla_smoke", "mergevla.base.aux_weight=abc", "mergevla.base.aux_weight"),
 ]
 
 AT_ENTRY = [
@@ -131,6 +132,9 @@ AT_ENTRY = [
     ("mergevla_smoke", "mergevla.eval.video_variant=ties/router", "mergevla.eval.video_variant"),
     ("mergevla_smoke", "mergevla.router.k=17", "mergevla.router.k"),  # > d_model
     ("mergevla_smoke", "mergevla.merge.ties_density=0", "mergevla.merge.ties_density"),
+    ("mergevla_smoke", "mergevla.base.aux_weight=0", "mergevla.base.aux_weight"),
+    ("mergevla_smoke", "mergevla.model.keypoints=-1", "mergevla.model.keypoints"),
+    ("mergevla_smoke", "mergevla.jobs=0", "mergevla.jobs"),
     ("router_demo", "demo.batch_size=0", "demo.batch_size"),
     ("router_demo", "demo.hidden=[0]", "demo.hidden[0]"),
     ("router_demo", "demo.top_k=5", "demo.top_k"),  # > n_experts

@@ -231,6 +231,34 @@ def test_bad_inputs_are_refused(change, error, match) -> None:
         model(obs)
 
 
+def test_keypoint_token_follows_a_bright_spot() -> None:
+    """``keypoints=K``: one more observation token, the embedding of K spatial-softmax keypoints
+    that move with what the image shows; state observations and K=0 keep their keys."""
+    model = TinyVLA(_cfg(keypoints=4))
+    obs = _obs()
+    assert model.encode(obs).hidden[0].shape == (3, 4 + 1 + 6 + 1, D)
+    assert model.cfg.n_obs_tokens == 5 and model(obs).shape == (3, CHUNK, 4)
+    enc = model.embed.vision
+    with torch.no_grad():  # keypoint maps = the red channel through the first conv, sharpened
+        for conv in (enc.conv1, enc.kp_conv1, enc.kp_conv2):
+            conv.weight.zero_()
+            conv.bias.zero_()
+        enc.conv1.weight[:, 0, 1, 1] = 1.0       # (x - 0.5): dark -0.5, red +0.5
+        enc.kp_conv1.weight[:, :, 1, 1] = 1.0 / enc.conv1.out_channels
+        enc.kp_conv2.weight[:, :, 1, 1] = 200.0 / enc.kp_conv1.out_channels
+    img = torch.zeros(2, IMG, IMG, 3, dtype=torch.uint8)
+    img[0, 2:4, 12:14, 0] = 255  # top right
+    img[1, 12:14, 2:4, 0] = 255  # bottom left
+    h = torch.nn.functional.gelu(enc.conv1(img.permute(0, 3, 1, 2).float() / 255.0 - 0.5))
+    xy = enc.keypoints(h)
+    assert xy.shape == (2, 8) and xy.abs().max() <= 1
+    assert (xy[0, :4] > 0.5).all() and (xy[0, 4:] < -0.5).all()  # x right, y up
+    assert (xy[1, :4] < -0.5).all() and (xy[1, 4:] > 0.5).all()
+    state = TinyVLA(_cfg(vision=False, keypoints=4))
+    assert set(state.state_dict()) == set(TinyVLA(_cfg(vision=False)).state_dict())
+    assert not any("kp_" in k for k in TinyVLA(_cfg()).state_dict())
+
+
 def test_bad_config_and_targets_are_refused() -> None:
     with pytest.raises(ValueError, match="image_size=60 is not a multiple"):
         _cfg(image_size=60)
@@ -238,6 +266,8 @@ def test_bad_config_and_targets_are_refused() -> None:
         _cfg(n_layers=1)
     with pytest.raises(ValueError, match="action_head"):
         _cfg(action_head="mlp")
+    with pytest.raises(ValueError, match="keypoints must be an integer >= 0"):
+        _cfg(keypoints=-1)
     model = TinyVLA(_cfg(vision=False))
     with pytest.raises(ValueError, match="vision=False"):
         model(_obs())

@@ -107,10 +107,12 @@ class ModelSettings:
     task_stream: bool = MISSING
     task_gate_init: float = MISSING
     dropout: float = MISSING
+    keypoints: int = MISSING
 
     def check(self, at: str) -> None:
         for key in ("patch_size", "d_model", "n_heads", "ffn_mult", "chunk"):
             at_least(f"{at}{key}", getattr(self, key), 1)
+        at_least(f"{at}keypoints", self.keypoints, 0)
         at_least(f"{at}n_layers", self.n_layers, 2)
         if self.d_model % self.n_heads:
             raise ConfigError(f"{at}d_model must be a multiple of {at}n_heads ({self.n_heads}), "
@@ -136,6 +138,15 @@ class StageTrainSettings:
         greater_than(f"{at}grad_clip", self.grad_clip, 0.0)
         at_least(f"{at}shift", self.shift, 0)
         at_least(f"{at}log_every", self.log_every, 1)
+
+
+@dataclass
+class BaseSettings(StageTrainSettings):
+    aux_weight: float = MISSING   # weight of the auxiliary (position) loss next to the action loss
+
+    def check(self, at: str) -> None:
+        super().check(at)
+        greater_than(f"{at}aux_weight", self.aux_weight, 0.0)
 
 
 @dataclass
@@ -232,7 +243,7 @@ class MergeVLAConfig:
     camera: str = MISSING
     demos: DemoSettings = MISSING
     model: ModelSettings = MISSING
-    base: StageTrainSettings = MISSING
+    base: BaseSettings = MISSING
     expert: ExpertSettings = MISSING
     merge: MergeSettings = MISSING
     router: RouterSettings = MISSING

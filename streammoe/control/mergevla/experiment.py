@@ -83,6 +83,15 @@ def model_config(c: DictConfig, action_head: str, seed: int) -> VLAConfig:
                      **OmegaConf.to_container(c.model, resolve=True))
 
 
+def _model_settings(cfg: VLAConfig) -> dict[str, Any]:
+    """The model's part of a stage's settings; fields added later are left out at their
+    defaults, so the stage files made before them stay valid."""
+    d = cfg.to_dict()
+    if d["keypoints"] == 0:
+        del d["keypoints"]
+    return d
+
+
 def _train_settings(section: DictConfig) -> TrainSettings:
     return TrainSettings.from_mapping(OmegaConf.to_container(section, resolve=True))
 
@@ -127,9 +136,11 @@ class Pipeline:
         """The base stage's ``(name, settings, inputs)``, what names its file."""
         demo_fp, _, _ = self.demos()
         cfg = model_config(self.c, action_head, self.seed)
-        return f"base_s{self.seed}", {"model": cfg.to_dict(), "train": _train_settings(self.c.base).to_dict(),
-                                      "suites": list(self.suites),
-                                      "pretrain_tasks": list(self.pretrain_tasks)}, [demo_fp]
+        settings = {"model": _model_settings(cfg), "train": _train_settings(self.c.base).to_dict(),
+                    "suites": list(self.suites), "pretrain_tasks": list(self.pretrain_tasks)}
+        if float(self.c.base.aux_weight) != 1.0:  # (1, the weight before it was a setting: old files stay valid)
+            settings["aux_weight"] = float(self.c.base.aux_weight)
+        return f"base_s{self.seed}", settings, [demo_fp]
 
     def base(self, action_head: str) -> tuple[dict[str, torch.Tensor], str]:
         """``(the base's state dict, its fingerprint)``, trained here unless cached."""
@@ -138,14 +149,14 @@ class Pipeline:
         suites_data = {s: data[s] for s in self.suites}
         state, fp = self._stage(f"base/{action_head}", *self._base_spec(action_head), lambda: train_base(
             cfg, suites_data, _train_settings(self.c.base), pretrain=data.get(PRETRAIN_SUITE),
-            seed=self.seed, device=self.device))
+            seed=self.seed, device=self.device, aux_weight=float(self.c.base.aux_weight)))
         return state, fp
 
     def _expert_spec(self, action_head: str, suite: str) -> tuple[str, dict[str, Any], list[str]]:
         """One expert stage's ``(name, settings, inputs)``."""
         _, base_fp = self.base(action_head)
         e = self.c.expert
-        settings = {"model": model_config(self.c, action_head, self.seed).to_dict(),
+        settings = {"model": _model_settings(model_config(self.c, action_head, self.seed)),
                     "train": _train_settings(e).to_dict(), "suite": suite,
                     "lora": {"rank": int(e.lora_rank), "alpha": float(e.lora_alpha),
                              "target": str(e.lora_target)}, "targets": str(e.targets),

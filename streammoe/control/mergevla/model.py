@@ -94,6 +94,7 @@ __all__ = [
     "has_lora",
     "lora_module_names",
     "shared_block_value_projection",
+    "spatial_softmax",
 ]
 
 ACTION_HEADS = ("cross_attention", "self_attention")
@@ -159,6 +160,10 @@ class VLAConfig:
     task_stream: bool = True
     task_gate_init: float = 0.0  # the gate *parameter*; the stream's weight is sigmoid(this)
     dropout: float = 0.0
+    # vision: K > 0 adds one token of K spatial-softmax keypoints (the expected image x, y of each
+    # of K learned feature maps, as robomimic's and Levine et al.'s visuomotor encoders do): the
+    # image counterpart of the object-state token. 0: patch tokens only
+    keypoints: int = 0
     aux_targets: dict[str, int] = field(default_factory=_default_aux_targets)  # name -> dim
     seed: int = 0
 
@@ -175,6 +180,8 @@ class VLAConfig:
                      "d_model", "n_heads", "ffn_mult", "chunk", "action_dim"):
             positive(name)
         positive("vocab_size", 2)
+        if isinstance(self.keypoints, bool) or not isinstance(self.keypoints, int) or self.keypoints < 0:
+            raise ValueError(f"VLAConfig.keypoints must be an integer >= 0, got {self.keypoints!r}")
         positive("n_layers", 2)
         if self.patch_size % 2:
             raise ValueError(f"VLAConfig.patch_size must be even (the CNN halves the image first), "
@@ -200,7 +207,9 @@ class VLAConfig:
 
     @property
     def n_obs_tokens(self) -> int:
-        return (self.image_size // self.patch_size) ** 2 if self.vision else 1
+        if not self.vision:
+            return 1
+        return (self.image_size // self.patch_size) ** 2 + (1 if self.keypoints else 0)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -289,19 +298,50 @@ class Backbone(nn.Module):
 
 
 class VisionEncoder(nn.Module):
-    """uint8 (B, H, W, 3) -> (B, P, d): 3x3 stride-2 conv, GELU, patch conv, 2-D positions."""
+    """uint8 (B, H, W, 3) -> (B, P, d): 3x3 stride-2 conv, GELU, patch conv, 2-D positions; with
+    ``cfg.keypoints`` = K > 0 one more token: two 3x3 convs on the half-resolution features give
+    K maps, a spatial softmax turns each into its expected (x, y) in [-1, 1], and a linear layer
+    embeds the 2K coordinates."""
 
     def __init__(self, cfg: VLAConfig) -> None:
         super().__init__()
-        d, k = cfg.d_model, cfg.patch_size // 2
-        self.conv1 = nn.Conv2d(3, max(d // 2, 8), kernel_size=3, stride=2, padding=1)
-        self.conv2 = nn.Conv2d(max(d // 2, 8), d, kernel_size=k, stride=k)
+        d, k, c = cfg.d_model, cfg.patch_size // 2, max(cfg.d_model // 2, 8)
+        self.conv1 = nn.Conv2d(3, c, kernel_size=3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(c, d, kernel_size=k, stride=k)
+        if cfg.keypoints:
+            self.kp_conv1 = nn.Conv2d(c, c, kernel_size=3, padding=1)
+            self.kp_conv2 = nn.Conv2d(c, cfg.keypoints, kernel_size=3, padding=1)
+            self.kp_embed = nn.Linear(2 * cfg.keypoints, d)
         self.pos = nn.Parameter(0.02 * torch.randn(cfg.n_obs_tokens, d))
 
     def forward(self, image: Tensor) -> Tensor:
         x = image.permute(0, 3, 1, 2).to(self.pos.dtype) / 255.0 - 0.5
-        x = self.conv2(F.gelu(self.conv1(x)))
-        return x.flatten(2).transpose(1, 2) + self.pos
+        h = F.gelu(self.conv1(x))
+        tokens = self.conv2(h).flatten(2).transpose(1, 2)
+        if hasattr(self, "kp_conv1"):
+            tokens = torch.cat([tokens, self.kp_embed(self.keypoints(h)).unsqueeze(1)], dim=1)
+        return tokens + self.pos
+
+    def keypoints(self, h: Tensor) -> Tensor:
+        """(B, 2K): the K keypoint maps' expected x, then y (:func:`spatial_softmax`)."""
+        return spatial_softmax(self.kp_conv2(F.gelu(self.kp_conv1(h))))
+
+
+def spatial_softmax(maps: Tensor) -> Tensor:
+    """``(B, K, H, W)`` maps -> ``(B, 2K)``: per map, the expected column then row coordinate
+    under the softmax over its pixels, in [-1, 1] from the first pixel's centre to the last's
+    (all K x's, then all K y's).
+
+    >>> maps = torch.full((1, 1, 5, 5), -1e4)
+    >>> maps[0, 0, 1, 4] = 0.0  # row 1, column 4
+    >>> spatial_softmax(maps).tolist()
+    [[1.0, -0.5]]
+    """
+    b, n, hh, ww = maps.shape
+    p = torch.softmax(maps.flatten(2), dim=-1).view(b, n, hh, ww)
+    ys = torch.linspace(-1.0, 1.0, hh, dtype=p.dtype, device=p.device)
+    xs = torch.linspace(-1.0, 1.0, ww, dtype=p.dtype, device=p.device)
+    return torch.cat([(p.sum(2) * xs).sum(-1), (p.sum(3) * ys).sum(-1)], dim=1)
 
 
 class Tokenizer(nn.Module):

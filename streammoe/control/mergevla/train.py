@@ -37,6 +37,7 @@ True
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -191,11 +192,14 @@ def _loop(model: TinyVLA, params: list[Any], data: SuiteData, settings: TrainSet
 
 
 def train_base(model_cfg: VLAConfig, data: Mapping[str, SuiteData], settings: TrainSettings, *,
-               pretrain: SuiteData | None, seed: int, device: torch.device, log: LogFn | None = None
-               ) -> tuple[dict[str, Tensor], list[dict[str, float]]]:
-    """Pre-train the base: auxiliary targets on every frame of ``data`` and ``pretrain``, plus the
-    action loss on ``pretrain`` (the pre-training tasks; ``None``: perception only). Returns the
-    state dict (on the CPU) and the loss history (the sum of both losses)."""
+               pretrain: SuiteData | None, seed: int, device: torch.device, aux_weight: float = 1.0,
+               log: LogFn | None = None) -> tuple[dict[str, Tensor], list[dict[str, float]]]:
+    """Pre-train the base: auxiliary targets on every frame of ``data`` and ``pretrain`` (their
+    loss times ``aux_weight``), plus the action loss on ``pretrain`` (the pre-training tasks;
+    ``None``: perception only). Returns the state dict (on the CPU) and the loss history (the
+    weighted sum of both losses)."""
+    if not (math.isfinite(aux_weight) and aux_weight > 0):
+        raise ValueError(f"aux_weight must be a finite number > 0, got {aux_weight!r}")
     model = TinyVLA(model_cfg).to(device)
     table = _concat([*data.values(), *([pretrain] if pretrain is not None else [])])
     params = [p for p in model.parameters() if p.requires_grad]
@@ -203,7 +207,7 @@ def train_base(model_cfg: VLAConfig, data: Mapping[str, SuiteData], settings: Tr
     gen = torch.Generator().manual_seed(seed + 1)
 
     def loss_fn(obs: dict[str, Tensor], idx: np.ndarray) -> Tensor:
-        loss = model.auxiliary_loss(obs, aux_targets(table, idx, device))
+        loss = aux_weight * model.auxiliary_loss(obs, aux_targets(table, idx, device))
         if pretrain is not None:
             rows = rng.integers(0, len(pretrain), settings.batch_size)
             act_obs = _augmented_batch(pretrain, rows, model_cfg.vision, settings.shift, gen, device)
