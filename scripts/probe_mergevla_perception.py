@@ -41,7 +41,7 @@ def main() -> None:
     from bench_mergevla import _compose
 
     from streammoe.control.mergevla.experiment import Pipeline
-    from streammoe.control.mergevla.train import aux_targets, obs_batch, stage_path
+    from streammoe.control.mergevla.train import aux_targets, obs_batch
     from streammoe.devices import resolve_device
     from streammoe.runs import format_table
 
@@ -53,7 +53,7 @@ def main() -> None:
     pipe = Pipeline(cfg.mergevla, args.seed, device)
     _, data, _ = pipe.demos()
     head = "cross_attention"
-    cached = stage_path(pipe.cache, *pipe._base_spec(head)).is_file()
+    cached = pipe.is_cached("base", head)
     start = time.perf_counter()
     base, _ = pipe.base(head)
     seconds = None if cached else time.perf_counter() - start

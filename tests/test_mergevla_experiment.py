@@ -421,3 +421,45 @@ def test_probe_script_runs_on_the_smoke_config(tmp_path):
     for other in ("ties+mask", "ties+mask+refit", "regmean_masks+refit"):
         assert errs["entrywise_optimum+mask"]["parameters_sum_sq"] <= errs[other]["parameters_sum_sq"] + 1e-12
     assert probes["layer_swap"] == {}  # the smoke suites have no reach_push
+
+
+def test_perception_probe_adds_entries_and_refuses_state_bases(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "perception.json"
+
+    def probe(tag: str, *overrides: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, str(root / "scripts" / "probe_mergevla_perception.py"), "--experiment",
+             "mergevla_smoke", "--seed", "0", "--tag", tag, "--frames", "16", "--out", str(out), "--",
+             f"mergevla.data_dir={tmp_path / 'cache'}", *overrides],
+            capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    images = ("mergevla.vision=true", "mergevla.image_size=16", "mergevla.model.patch_size=8")
+    for tag, extra in (("plain", ()), ("keypoints", ("mergevla.model.keypoints=2",)), ("plain", ())):
+        proc = probe(tag, *images, *extra)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    entries = json.loads(out.read_text())
+    assert set(entries) == {"plain", "keypoints"}
+    assert entries["plain"]["base_train_seconds"] is None  # the second run read the cached base
+    assert entries["keypoints"]["base_train_seconds"] > 0
+    row = entries["keypoints"]["per_suite"]["drawer"]
+    assert set(row) == {f"{t}_{m}_cm" for t in ("hand_pos", "object_pos", "goal_pos") for m in ("error", "spread")}
+    assert all(np.isfinite(v) and v >= 0 for v in row.values())
+    proc = probe("state")
+    assert proc.returncode != 0 and "for image bases" in proc.stderr
+
+
+def test_is_cached_names_the_stages(smoke):
+    root, cache, _ = smoke
+    from streammoe.control.mergevla.experiment import Pipeline
+
+    cfg = compose_config(["experiment=mergevla_smoke", f"mergevla.data_dir={cache}"])
+    pipe = Pipeline(cfg.mergevla, 0, torch.device("cpu"))
+    assert pipe.is_cached("base", "cross_attention") and pipe.is_cached("expert", "self_attention", "button")
+    assert pipe.is_cached("eval", "cross_attention", "ties+mask/router")
+    assert not pipe.is_cached("eval", "cross_attention", "ties/oracle")  # never evaluated
+    with pytest.raises(ValueError, match="unknown stage 'merge'"):
+        pipe.is_cached("merge", "cross_attention")

@@ -322,6 +322,16 @@ class Pipeline:
                                         rebuild=video_dir is not None)
         return EvalResult.from_dict(json.loads(state["result"])), cached
 
+    def is_cached(self, stage: str, action_head: str, name: str | None = None) -> bool:
+        """Whether a stage's file exists: ``"base"``, ``"expert"`` (``name`` a suite) or
+        ``"eval"`` (``name`` a variant)."""
+        specs = {"base": lambda: self._base_spec(action_head),
+                 "expert": lambda: self._expert_spec(action_head, str(name)),
+                 "eval": lambda: self._eval_spec(action_head, str(name))}
+        if stage not in specs:
+            raise ValueError(f"unknown stage {stage!r}; choose one of {sorted(specs)}")
+        return stage_path(self.cache, *specs[stage]()).is_file()
+
     def prepare(self, plan: Sequence[tuple[str, str, Path | None]], jobs: int) -> set[tuple[str, str]]:
         """Fill the cache for the evaluations of ``plan`` (``(action_head, variant, video_dir)``)
         with ``jobs`` worker processes of one torch thread each: the bases here, then the missing
@@ -336,10 +346,10 @@ class Pipeline:
             self.base(head)  # one stage: both cores in one process
         config = OmegaConf.to_container(self.c, resolve=True)
         todo = [("expert", head, suite, None) for head in heads for suite in self.suites
-                if not stage_path(self.cache, *self._expert_spec(head, suite)).is_file()]
+                if not self.is_cached("expert", head, suite)]
         _run_jobs(config, self.seed, str(self.device), todo, jobs)
         todo = [("eval", head, variant, None if video is None else str(video)) for head, variant, video in plan
-                if video is not None or not stage_path(self.cache, *self._eval_spec(head, variant)).is_file()]
+                if video is not None or not self.is_cached("eval", head, variant)]
         _run_jobs(config, self.seed, str(self.device), todo, jobs)
         return {(head, variant) for _, head, variant, video in todo if video is not None}
 
