@@ -61,6 +61,7 @@ from streammoe.control.mergevla.merging import (
 from streammoe.control.mergevla.model import TinyVLA, VLAConfig
 from streammoe.control.mergevla.router import TestTimeTaskRouter
 from streammoe.control.mergevla.train import (
+    LogFn,
     TrainSettings,
     cached_stage,
     obs_batch,
@@ -147,9 +148,9 @@ class Pipeline:
         _, data, _ = self.demos()
         cfg = model_config(self.c, action_head, self.seed)
         suites_data = {s: data[s] for s in self.suites}
-        state, fp = self._stage(f"base/{action_head}", *self._base_spec(action_head), lambda: train_base(
+        state, fp = self._stage(f"base/{action_head}", *self._base_spec(action_head), lambda log: train_base(
             cfg, suites_data, _train_settings(self.c.base), pretrain=data.get(PRETRAIN_SUITE),
-            seed=self.seed, device=self.device, aux_weight=float(self.c.base.aux_weight)))
+            seed=self.seed, device=self.device, aux_weight=float(self.c.base.aux_weight), log=log))
         return state, fp
 
     def _expert_spec(self, action_head: str, suite: str) -> tuple[str, dict[str, Any], list[str]]:
@@ -176,31 +177,35 @@ class Pipeline:
         e = self.c.expert
         cfg = model_config(self.c, action_head, self.seed)
         return self._stage(f"expert/{action_head}/{suite}", *self._expert_spec(action_head, suite),
-                           lambda: train_expert(
+                           lambda log: train_expert(
                                cfg, base, data[suite], _train_settings(e), lora_rank=int(e.lora_rank),
                                lora_alpha=float(e.lora_alpha), lora_target=str(e.lora_target),
                                shared_lr_scale=float(e.shared_lr_scale), lora_init=str(e.lora_init),
                                eva_layers=None if e.eva_layers is None else [int(i) for i in e.eva_layers],
                                eva_modules=None if e.eva_modules is None else [str(m) for m in e.eva_modules],
-                               seed=self.seed * 1000 + self.suites.index(suite) + 1, device=self.device))
+                               seed=self.seed * 1000 + self.suites.index(suite) + 1, device=self.device,
+                               log=log))
 
     def _stage(self, label: str, name: str, settings: dict[str, Any], inputs: list[str],
-               train: Callable[[], tuple[dict[str, torch.Tensor], list[dict[str, float]]]]
+               train: Callable[[LogFn | None], tuple[dict[str, torch.Tensor], list[dict[str, float]]]]
                ) -> tuple[dict[str, torch.Tensor], str]:
-        """A training stage's weights (cached), its loss history kept in its file and logged to
-        ``metrics.csv`` once per pipeline, whether trained now, by a worker or by an earlier run."""
+        """A training stage's weights (cached). Its loss history is kept in its file and goes to
+        ``metrics.csv`` once per pipeline: row by row while it trains here, from the file when a
+        worker or an earlier run trained it."""
         key = (name, stage_fingerprint(name, settings, inputs))
         if key not in self._stages:
+            log = None if self.recorder is None else (
+                lambda row: self.recorder.log(stage=label, seed=self.seed, step=row["step"], loss=row["loss"],
+                                              success=None, seconds=row["seconds"]))
+
             def build() -> dict[str, Any]:
-                weights, history = train()
+                weights, history = train(log)
                 return {"weights": weights, "history": json.dumps(history)}
 
-            state, fp, _ = cached_stage(self.cache, name, settings, inputs, build)
-            history = json.loads(state["history"]) if "history" in state else []  # (older files: none)
-            if self.recorder is not None:
-                for row in history:
-                    self.recorder.log(stage=label, seed=self.seed, step=row["step"], loss=row["loss"],
-                                      success=None, seconds=row["seconds"])
+            state, fp, cached = cached_stage(self.cache, name, settings, inputs, build)
+            if cached and log is not None:
+                for row in json.loads(state["history"]) if "history" in state else []:  # (older files: none)
+                    log(row)
             self._stages[key] = (state["weights"], fp)
         return self._stages[key]
 

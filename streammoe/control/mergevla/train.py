@@ -61,7 +61,7 @@ from streammoe.control.mergevla.model import (
 )
 from streammoe.runs import progress
 
-__all__ = ["STAGE_KIND", "STAGE_VERSION", "TrainSettings", "aux_targets", "cached_stage", "load_stage",
+__all__ = ["LogFn", "STAGE_KIND", "STAGE_VERSION", "TrainSettings", "aux_targets", "cached_stage", "load_stage",
            "obs_batch", "random_shift", "stage_fingerprint", "stage_path", "train_base", "train_expert"]
 
 STAGE_KIND = "streammoe.mergevla.stage"
