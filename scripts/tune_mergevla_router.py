@@ -11,7 +11,9 @@ user has before evaluating) and its accuracy and confusion matrix are recorded. 
   projection (with ``expert.shared_lr_scale=0`` the base's weight for every suite);
 * ``source=lora_task_vector``: each expert's LoRA change to backbone layer ``layer``'s value
   projection (``layer`` 0 .. n_layers-1);
-* ``k`` in 4, 8 right singular vectors; merges TIES + masks and task arithmetic + masks.
+* ``k`` in 4, 8 right singular vectors; merges TIES + masks and task arithmetic + masks;
+* ``--tokens``: the scores of every real token (``all``, the reference) or of the instruction's
+  words only (``instruction``) averaged.
 
 It also records how much the experts' task vectors share input directions (``task_vector_overlap``:
 per backbone weight, the mean cosine of the principal angles between two experts' top-8 right
@@ -40,6 +42,8 @@ def main() -> None:
     parser.add_argument("--inits", nargs="+", default=["default", "eva"])
     parser.add_argument("--k", nargs="+", type=int, default=[4, 8])
     parser.add_argument("--merges", nargs="+", default=["ties+mask/router", "task_arithmetic+mask/router"])
+    parser.add_argument("--tokens", nargs="+", default=["all"], choices=["all", "instruction"],
+                        help="the tokens whose scores the router averages (router.tokens)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (after --)")
     args = parser.parse_args()
@@ -87,19 +91,21 @@ def main() -> None:
         for variant in args.merges:
             for source, layer in grid:
                 for k in args.k:
-                    pipe.c.router.source, pipe.c.router.k = source, k
-                    pipe.c.router.layer = 0 if layer is None else layer
-                    policy, _ = pipe.policy("cross_attention", variant)
-                    chosen = policy.route_batch(obs).tasks.reshape(-1)
-                    acc = float((chosen.numpy() == np.asarray(labels)).mean())
-                    cm = confusion_matrix(labels, chosen, len(pipe.suites)).tolist()
-                    rows.append({"lora_init": init, "variant": variant, "source": source, "layer": layer,
-                                 "k": k, "accuracy": acc, "confusion": cm, "episodes": len(labels)})
-                    table.append({"lora_init": init, "variant": variant, "source": source,
-                                  "layer": "" if layer is None else layer, "k": k,
-                                  "router acc %": 100 * acc})
-                    print(f"{init:8s} {variant:28s} {source:18s} layer={layer} k={k}: {100 * acc:.1f} %",
-                          flush=True)
+                    for tokens in args.tokens:
+                        pipe.c.router.source, pipe.c.router.k, pipe.c.router.tokens = source, k, tokens
+                        pipe.c.router.layer = 0 if layer is None else layer
+                        policy, _ = pipe.policy("cross_attention", variant)
+                        chosen = policy.route_batch(obs).tasks.reshape(-1)
+                        acc = float((chosen.numpy() == np.asarray(labels)).mean())
+                        cm = confusion_matrix(labels, chosen, len(pipe.suites)).tolist()
+                        rows.append({"lora_init": init, "variant": variant, "source": source, "layer": layer,
+                                     "k": k, "tokens": tokens, "accuracy": acc, "confusion": cm,
+                                     "episodes": len(labels)})
+                        table.append({"lora_init": init, "variant": variant, "source": source,
+                                      "layer": "" if layer is None else layer, "k": k, "tokens": tokens,
+                                      "router acc %": 100 * acc})
+                        print(f"{init:8s} {variant:28s} {source:18s} layer={layer} k={k} tokens={tokens}: "
+                              f"{100 * acc:.1f} %", flush=True)
     print(format_table(table))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"seed": args.seed, "experiment": args.experiment,

@@ -35,6 +35,8 @@ LORA_INITS = ("default", "eva")
 # where the test-time router takes each suite's basis: the last shared action-expert block's value
 # projection (the reference), or the LoRA task vector of a backbone layer's value projection
 ROUTER_SOURCES = ("last_shared_value", "lora_task_vector")
+# which tokens' scores the router averages: every real token (the reference), or the instruction's
+ROUTER_TOKENS = ("all", "instruction")
 
 
 class Variant(NamedTuple):
@@ -198,12 +200,14 @@ class RouterSettings:
     temperature: float = MISSING
     source: str = MISSING         # last_shared_value (the reference) | lora_task_vector
     layer: int = MISSING          # backbone layer of lora_task_vector
+    tokens: str = MISSING         # all | instruction: the tokens whose scores are averaged
 
     def check(self, at: str) -> None:
         at_least(f"{at}k", self.k, 1)
         greater_than(f"{at}temperature", self.temperature, 0.0)
         one_of(f"{at}source", self.source, ROUTER_SOURCES)
         at_least(f"{at}layer", self.layer, 0)
+        one_of(f"{at}tokens", self.tokens, ROUTER_TOKENS)
 
 
 @dataclass

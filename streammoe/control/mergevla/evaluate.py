@@ -54,6 +54,8 @@ class SuitePolicy:
     # where the router reads the hidden states: None = the last shared action-expert block (the
     # reference), an int = that backbone layer's q/k/v input (``router.source=lora_task_vector``)
     router_layer: int | None = None
+    # the tokens whose scores the router averages: "all" real tokens, or the "instruction"'s words
+    router_tokens: str = "all"
 
     def __post_init__(self) -> None:
         if self.route not in ROUTES:
@@ -65,6 +67,8 @@ class SuitePolicy:
         if self.route == "router":
             if self.router is None or self.router.n_tasks != len(self.suites):
                 raise ValueError("route='router' needs a TestTimeTaskRouter with one basis per suite")
+        if self.router_tokens not in ("all", "instruction"):
+            raise ValueError(f"router_tokens must be 'all' or 'instruction', got {self.router_tokens!r}")
 
     def model_index(self, suite: str) -> int:
         return 0 if self.route == "single" else self.suites.index(suite)
@@ -73,15 +77,18 @@ class SuitePolicy:
         """The router's decision on a batch of first observations (each suite's model reads it)."""
         if self.router is None:
             raise ValueError(f"route={self.route!r} has no router")
-        layer = self.router_layer
+        layer, model = self.router_layer, self.models[0]
+        tokens = (model.instruction_token_mask(batch) if self.router_tokens == "instruction"
+                  else model.token_valid_mask(batch))
         if layer is None:
             def hidden(t: int) -> torch.Tensor:
                 return self.models[t].hidden_into_last_shared_block(batch)
-            valid = self.models[0].memory_valid_mask(batch)
+            # + the expert's proprio row, which that block's memory appends (one of "all" tokens)
+            valid = torch.cat([tokens, tokens.new_full((tokens.shape[0], 1), self.router_tokens == "all")], 1)
         else:
             def hidden(t: int) -> torch.Tensor:
                 return self.models[t].hidden_into_backbone_layer(batch, int(layer))
-            valid = self.models[0].token_valid_mask(batch)
+            valid = tokens
         return self.router.route(hidden, valid=valid)
 
 

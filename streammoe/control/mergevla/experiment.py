@@ -93,6 +93,15 @@ def _model_settings(cfg: VLAConfig) -> dict[str, Any]:
     return d
 
 
+def _router_settings(router: DictConfig) -> dict[str, Any]:
+    """The router's part of an evaluation's settings (``tokens`` left out at "all", its value
+    before it was a setting, so earlier evaluation files stay valid)."""
+    d = OmegaConf.to_container(router, resolve=True)
+    if d.get("tokens") == "all":
+        del d["tokens"]
+    return d
+
+
 def _train_settings(section: DictConfig) -> TrainSettings:
     return TrainSettings.from_mapping(OmegaConf.to_container(section, resolve=True))
 
@@ -297,14 +306,15 @@ class Pipeline:
                 weights = [sd[models[0].value_projection_key()] for sd in experts]
             router = TestTimeTaskRouter.from_value_projections(
                 weights, k=int(r.k), temperature=float(r.temperature), tasks=self.suites)
-        return SuitePolicy(models, self.suites, route, router, router_layer=layer), merged
+        return SuitePolicy(models, self.suites, route, router, router_layer=layer,
+                           router_tokens=str(self.c.router.tokens)), merged
 
     def _eval_spec(self, action_head: str, variant: str) -> tuple[str, dict[str, Any], list[str]]:
         """A variant's evaluation stage ``(name, settings, inputs)``."""
         fps = [self._expert_spec_fp(action_head, suite) for suite in self.suites]
         settings = {"variant": variant, "head": action_head, "variations": self.heldout_variations(),
                     "merge": OmegaConf.to_container(self.c.merge, resolve=True),
-                    "router": OmegaConf.to_container(self.c.router, resolve=True),
+                    "router": _router_settings(self.c.router),
                     "vision": bool(self.c.vision), "image_size": int(self.c.image_size),
                     "camera": str(self.c.camera), "tasks": list(self.tasks)}
         return f"eval_s{self.seed}", settings, fps

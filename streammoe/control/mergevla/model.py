@@ -644,6 +644,14 @@ class TinyVLA(nn.Module):
         obs_tokens = ins.new_ones(b, self.cfg.n_obs_tokens, dtype=torch.bool)
         return torch.cat([obs_tokens, ins != 0, ins.new_ones(b, 1, dtype=torch.bool)], dim=1)
 
+    def instruction_token_mask(self, obs: Obs) -> Tensor:
+        """``(B, T)`` bool over the backbone's tokens: True at the instruction's real words only."""
+        valid = self.token_valid_mask(obs)
+        keep = torch.zeros_like(valid)
+        n = self.cfg.n_obs_tokens
+        keep[:, n:-1] = valid[:, n:-1]
+        return keep
+
     def memory_valid_mask(self, obs: Obs) -> Tensor:
         """``(B, T + 1)`` bool: which rows of :meth:`hidden_into_last_shared_block` are real."""
         valid = self.token_valid_mask(obs)
