@@ -135,6 +135,7 @@ AT_ENTRY = [
     ("mergevla_smoke", "mergevla.base.aux_weight=0", "mergevla.base.aux_weight"),
     ("mergevla_smoke", "mergevla.model.keypoints=-1", "mergevla.model.keypoints"),
     ("mergevla_smoke", "mergevla.jobs=0", "mergevla.jobs"),
+    ("mergevla_smoke", "mergevla.router.tokens=words", "mergevla.router.tokens"),
     ("router_demo", "demo.batch_size=0", "demo.batch_size"),
     ("router_demo", "demo.hidden=[0]", "demo.hidden[0]"),
     ("router_demo", "demo.top_k=5", "demo.top_k"),  # > n_experts

@@ -463,3 +463,31 @@ def test_is_cached_names_the_stages(smoke):
     assert not pipe.is_cached("eval", "cross_attention", "ties/oracle")  # never evaluated
     with pytest.raises(ValueError, match="unknown stage 'merge'"):
         pipe.is_cached("merge", "cross_attention")
+
+
+def test_router_tokens_instruction_reads_only_the_words():
+    """``router_tokens="instruction"`` with the layer-0 basis: the scores of the instruction's words
+    alone, so the image cannot move the choice or its confidence; with ``"all"`` it does. The mask
+    is the real words."""
+    from streammoe.control.mergevla.router import TestTimeTaskRouter
+
+    cfg = VLAConfig(image_size=16, patch_size=8, d_model=16, n_heads=2, n_layers=2, max_instruction_len=6)
+    models = [TinyVLA(VLAConfig(**{**cfg.to_dict(), "seed": s})).eval() for s in (1, 2)]
+    g = torch.Generator().manual_seed(0)
+    router = TestTimeTaskRouter.from_value_projections([torch.randn(16, 16, generator=g) for _ in models], k=4)
+    ins = torch.tensor([[5, 6, 7, 0, 0, 0], [9, 3, 0, 0, 0, 0]])
+    obs = {"image": torch.randint(0, 256, (2, 16, 16, 3), generator=g, dtype=torch.uint8),
+           "proprio": torch.randn(2, 4, generator=g), "instruction": ins}
+    other = {**obs, "image": 255 - obs["image"]}
+    mask = models[0].instruction_token_mask(obs)
+    assert mask.tolist() == [[False] * 4 + [True] * 3 + [False] * 4, [False] * 4 + [True] * 2 + [False] * 5]
+    conf = {}
+    for tokens in ("all", "instruction"):
+        policy = SuitePolicy(models, ("drawer", "button"), "router", router, router_layer=0, router_tokens=tokens)
+        conf[tokens] = [policy.route_batch(o).confidences for o in (obs, other)]
+    torch.testing.assert_close(conf["instruction"][0], conf["instruction"][1])
+    assert not torch.allclose(conf["all"][0], conf["all"][1])
+    # (at layer 0 the words have not yet attended to the image; deeper, e.g. the reference's basis
+    # of the last shared block, they have, and the image moves the scores under either setting)
+    with pytest.raises(ValueError, match="router_tokens must be"):
+        SuitePolicy(models, ("drawer", "button"), "router", router, router_tokens="words")
