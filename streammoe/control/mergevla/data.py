@@ -255,6 +255,8 @@ def collect_demos(tasks: Sequence[str] | None = None, episodes_per_task: int = 1
             for runs in workers.imap(_collect_task, args):
                 per_task.append(runs)
                 bar.update()
+            workers.close()  # let the workers exit (the with block alone terminates them)
+            workers.join()
     else:
         per_task = []
         for a in args:

@@ -377,6 +377,8 @@ def _run_jobs(config: dict[str, Any], seed: int, device: str, todo: Sequence[tup
         for _ in progress(pool.imap_unordered(_stage_job, [(config, seed, device, job) for job in todo]),
                           total=len(todo), desc=f"{todo[0][0]}s in {min(jobs, len(todo))} processes"):
             pass
+        pool.close()  # let the workers exit (the with block alone terminates them)
+        pool.join()
 
 
 def _stage_job(args: tuple[dict[str, Any], int, str, tuple[str, str, str, str | None]]) -> None:
