@@ -14,9 +14,10 @@ naive full average, the base), and says how an episode's model is chosen:
 :func:`evaluate` runs ``episodes_per_task`` episodes per task, one per held-out variation, in
 lockstep (the episodes of a task step together and share each forward pass; a finished episode
 drops out), executing each predicted chunk whole (receding horizon, one forward pass per
-``chunk`` steps, the image rendered once per chunk: ``MetaWorldTaskEnv.step_chunk``). It returns per-episode records (task, suite, variation, success, steps, the
-routed suite and its confidence) and the wall time split into policy, routing and simulation, and
-optionally writes one MP4 per suite (:mod:`streammoe.video`).
+``chunk`` steps, the image rendered once per chunk: ``MetaWorldTaskEnv.step_chunk``). It returns
+per-episode records (task, suite, variation, success, steps, the routed suite and its
+confidence) and the wall time split into policy, routing and simulation, and optionally writes
+one MP4 per suite (:mod:`streammoe.video`).
 """
 
 from __future__ import annotations

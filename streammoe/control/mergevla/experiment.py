@@ -6,7 +6,8 @@ and a changed setting re-runs only what depends on it:
 
 1. **demos**: scripted-expert demonstrations of every suite's tasks (HDF5, robomimic's layout,
    :func:`~streammoe.control.mergevla.data.ensure_demos`), the expert's success per task;
-2. **base**: perception pre-training (auxiliary targets, no actions), per action head;
+2. **base**: pre-training on positions (auxiliary targets) and on the pre-training tasks'
+   actions, per action head;
 3. **experts**: one per suite, LoRA + action expert, LoRA folded;
 4. **merges**: for each merge method, ``tau_MTL``, TALL masks (saved to
    ``masks_<head>_<method>.safetensors`` in the run folder) and their statistics; for ``+refit``
@@ -14,6 +15,9 @@ and a changed setting re-runs only what depends on it:
 5. **evaluation** of every variant of ``mergevla.eval.variants`` (``<merge>[+mask[+refit]]/<route>``, see
    :func:`~streammoe.control.mergevla.config.variant_parts`) on the held-out variations, and of
    ``mergevla.eval.ablation_variants`` with the self-attention action head.
+
+With ``mergevla.jobs`` > 1 (:meth:`Pipeline.prepare`) the demonstrations, experts and
+evaluations run in that many spawned worker processes, which write the same stage files.
 
 Writes ``metrics.json`` (success per variant and suite, router accuracy and overhead, mask
 statistics, the demonstrator's success), ``metrics.csv`` (training losses), ``results.json`` (every
