@@ -21,8 +21,9 @@ seeds; router accuracy; routing overhead) and writes ``bench.json``, ``bench.md`
     python scripts/bench_mergevla.py --seeds 1 2 3 --jobs 2 --out results/mergevla/vision
     python scripts/bench_mergevla.py --experiment mergevla_smoke --seeds 0 --out /tmp/b   # seconds
 
-``--jobs 2`` runs seeds in parallel processes (one torch thread each). Extra Hydra overrides go
-after ``--``.
+``--jobs 2`` runs seeds in parallel processes (one torch thread each); with ``--jobs 1`` each
+seed's experts and evaluations run in ``mergevla.jobs`` worker processes instead. Extra Hydra
+overrides go after ``--``.
 
 ``--timing DEVICE [DEVICE ...]`` measures instead, side by side for each device (e.g. ``cpu
 cuda``): one expert training step (LoRA + action expert, ``mergevla.expert.batch_size`` frames,
@@ -75,6 +76,9 @@ def run_seed(experiment: str, overrides: list[str], seed: int, variants: list[st
     cfg = _compose(experiment, overrides)
     seed_everything(seed)
     pipe = Pipeline(cfg.mergevla, seed, resolve_device(cfg.device))
+    if threads is None:  # one seed at a time: its experts and evaluations in mergevla.jobs processes
+        pipe.prepare([("cross_attention", v, None) for v in variants]
+                     + [("self_attention", v, None) for v in ablation], int(cfg.mergevla.jobs))
     out: dict[str, Any] = {}
     for head, names in (("cross_attention", variants), ("self_attention", ablation)):
         for variant in names:
