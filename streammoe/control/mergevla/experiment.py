@@ -88,22 +88,21 @@ def model_config(c: DictConfig, action_head: str, seed: int) -> VLAConfig:
                      **OmegaConf.to_container(c.model, resolve=True))
 
 
+def _without_legacy(settings: dict[str, Any], legacy: Mapping[str, Any]) -> dict[str, Any]:
+    """``settings`` less each key of ``legacy`` that holds its legacy value: settings added later
+    are left out of a stage's fingerprint at the value they replaced, so the stage files made
+    before them stay valid."""
+    return {k: v for k, v in settings.items() if not (k in legacy and v == legacy[k])}
+
+
 def _model_settings(cfg: VLAConfig) -> dict[str, Any]:
-    """The model's part of a stage's settings; fields added later are left out at their
-    defaults, so the stage files made before them stay valid."""
-    d = cfg.to_dict()
-    if d["keypoints"] == 0:
-        del d["keypoints"]
-    return d
+    """The model's part of a stage's settings."""
+    return _without_legacy(cfg.to_dict(), {"keypoints": 0})
 
 
 def _router_settings(router: DictConfig) -> dict[str, Any]:
-    """The router's part of an evaluation's settings (``tokens`` left out at "all", its value
-    before it was a setting, so earlier evaluation files stay valid)."""
-    d = OmegaConf.to_container(router, resolve=True)
-    if d.get("tokens") == "all":
-        del d["tokens"]
-    return d
+    """The router's part of an evaluation's settings."""
+    return _without_legacy(OmegaConf.to_container(router, resolve=True), {"tokens": "all"})
 
 
 def _train_settings(section: DictConfig) -> TrainSettings:
@@ -150,10 +149,10 @@ class Pipeline:
         """The base stage's ``(name, settings, inputs)``, what names its file."""
         demo_fp, _, _ = self.demos()
         cfg = model_config(self.c, action_head, self.seed)
-        settings = {"model": _model_settings(cfg), "train": _train_settings(self.c.base).to_dict(),
-                    "suites": list(self.suites), "pretrain_tasks": list(self.pretrain_tasks)}
-        if float(self.c.base.aux_weight) != 1.0:  # (1, the weight before it was a setting: old files stay valid)
-            settings["aux_weight"] = float(self.c.base.aux_weight)
+        settings = _without_legacy(
+            {"model": _model_settings(cfg), "train": _train_settings(self.c.base).to_dict(),
+             "suites": list(self.suites), "pretrain_tasks": list(self.pretrain_tasks),
+             "aux_weight": float(self.c.base.aux_weight)}, {"aux_weight": 1.0})
         return f"base_s{self.seed}", settings, [demo_fp]
 
     def base(self, action_head: str) -> tuple[dict[str, torch.Tensor], str]:
@@ -315,16 +314,13 @@ class Pipeline:
 
     def _eval_spec(self, action_head: str, variant: str) -> tuple[str, dict[str, Any], list[str]]:
         """A variant's evaluation stage ``(name, settings, inputs)``."""
-        fps = [self._expert_spec_fp(action_head, suite) for suite in self.suites]
+        fps = [stage_fingerprint(*self._expert_spec(action_head, suite)) for suite in self.suites]
         settings = {"variant": variant, "head": action_head, "variations": self.heldout_variations(),
                     "merge": OmegaConf.to_container(self.c.merge, resolve=True),
                     "router": _router_settings(self.c.router),
                     "vision": bool(self.c.vision), "image_size": int(self.c.image_size),
                     "camera": str(self.c.camera), "tasks": list(self.tasks)}
         return f"eval_s{self.seed}", settings, fps
-
-    def _expert_spec_fp(self, action_head: str, suite: str) -> str:
-        return stage_fingerprint(*self._expert_spec(action_head, suite))
 
     def evaluate(self, action_head: str, variant: str, video_dir: Path | None = None
                  ) -> tuple[EvalResult, bool]:
