@@ -247,6 +247,27 @@ def test_env_images_from_the_fixed_camera() -> None:
     env.close()
 
 
+def test_workspace_camera_frames_the_objects_closer_and_upright() -> None:
+    """The free camera of FREE_CAMERAS renders upright (no flip) and draws the reach goal marker
+    larger than corner3 does at the same size (its pixels: those that change when it is hidden)."""
+    def goal_pixels(camera: str) -> int:
+        env = mw.MetaWorldTaskEnv("reach-v3", variation=0, vision=True, image_size=64, camera=camera)
+        shown = env.reset()[0]["image"]
+        model = env._mw.model
+        model.site_rgba[model.site("goal").id, 3] = 0.0
+        hidden = env.reset()[0]["image"]
+        env.close()
+        return int((np.abs(shown.astype(int) - hidden.astype(int)).sum(-1) > 0).sum())
+    assert goal_pixels("workspace") >= max(2, 2 * goal_pixels("corner3"))
+    env = mw.MetaWorldTaskEnv(DRAWER, variation=0, vision=True, image_size=32, camera="workspace")
+    img = env.reset()[0]["image"]
+    assert img.shape == (32, 32, 3) and img.std() > 10
+    # upright: the table's wood (brown: red over blue) along the bottom, the empty background
+    # (black: no skybox) in the top right corner
+    assert img[-4:, :, 0].mean() > img[-4:, :, 2].mean() + 20 and img[:3, -3:].max() < 30
+    env.close()
+
+
 # ----- demonstrations ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -67,6 +67,7 @@ __all__ = [
     "ACTION_DIM",
     "DEFAULT_CAMERA",
     "ENV_ID",
+    "FREE_CAMERAS",
     "PROPRIO_DIM",
     "STATE_DIM",
     "MetaWorldTaskEnv",
@@ -79,6 +80,13 @@ PROPRIO_DIM = 4  # hand xyz, gripper opening
 OBJECT_DIM = 14  # Meta-World's padded object positions and quaternions
 STATE_DIM = OBJECT_DIM + 3  # + goal position
 DEFAULT_CAMERA = "corner3"
+# Views of our own, as MuJoCo free cameras (look-at point (m), distance (m), azimuth and elevation
+# (degrees)). "workspace" frames the region where every suite's objects and goals are placed, at
+# about twice corner3's scale: at 64x64 corner3 draws a goal marker as a pixel or less (it shows the
+# whole table, the arm's base and the floor), here as 2-4 pixels.
+FREE_CAMERAS: dict[str, dict[str, Any]] = {
+    "workspace": {"lookat": (0.0, 0.7, 0.1), "distance": 1.0, "azimuth": 135.0, "elevation": -35.0},
+}
 # Meta-World's raw observation (39): hand (3), gripper (1), objects (14), the same 18 of the
 # previous step, goal (3).
 _RAW_OBJECTS = slice(4, 4 + OBJECT_DIM)
@@ -113,7 +121,8 @@ def _check_variation(variation: Any) -> int:
 class _Camera:
     """An offscreen MuJoCo renderer of one fixed camera, shadows/reflections/skybox and
     multisampling off, whose images are upright (Meta-World's corner cameras are mounted upside
-    down: their images are rotated by 180 degrees, which keeps them unmirrored)."""
+    down: their images are rotated by 180 degrees, which keeps them unmirrored). ``camera``: a
+    camera of the scene or a name in :data:`FREE_CAMERAS`."""
 
     def __init__(self, model: mujoco.MjModel, camera: str, size: int) -> None:
         model.vis.quality.offsamples = OFFSCREEN_SAMPLES  # read when the context is made
@@ -126,7 +135,16 @@ class _Camera:
                 "vision=False") from e
         for flag in _FAST_RENDER_OFF:
             self.renderer.scene.flags[flag] = False
-        self.camera = camera
+        self.camera: str | mujoco.MjvCamera = camera
+        self._flip = camera not in FREE_CAMERAS
+        if camera in FREE_CAMERAS:
+            view = FREE_CAMERAS[camera]
+            self.camera = mujoco.MjvCamera()
+            self.camera.type = mujoco.mjtCamera.mjCAMERA_FREE
+            self.camera.lookat[:] = view["lookat"]
+            self.camera.distance = view["distance"]
+            self.camera.azimuth = view["azimuth"]
+            self.camera.elevation = view["elevation"]
         global _ATEXIT_REGISTERED
         if not _ATEXIT_REGISTERED:  # after MuJoCo's EGL registered eglTerminate: runs before it
             atexit.register(_close_open_cameras)
@@ -135,7 +153,8 @@ class _Camera:
 
     def render(self, data: mujoco.MjData) -> np.ndarray:
         self.renderer.update_scene(data, camera=self.camera)
-        return np.ascontiguousarray(self.renderer.render()[::-1, ::-1])
+        image = self.renderer.render()
+        return np.ascontiguousarray(image[::-1, ::-1] if self._flip else image)
 
     def close(self) -> None:
         self.renderer.close()
@@ -162,7 +181,8 @@ class MetaWorldTaskEnv(gym.Env):
         vision: ``True``: ``obs["image"]``; ``False``: ``obs["state"]`` instead (no rendering).
         image_size: side of the square image in pixels.
         camera: a camera of Meta-World's scene (``corner``, ``corner2``, ``corner3``, ``corner4``,
-            ``topview``, ``behindGripper``, ``gripperPOV``).
+            ``topview``, ``behindGripper``, ``gripperPOV``) or one of :data:`FREE_CAMERAS`
+            (``workspace``: the objects' region, closer).
         terminate_on_success: end the episode (``terminated=True``) at the first success.
         render_mode: ``"rgb_array"``: :meth:`render` returns the camera image at ``render_size``.
         render_size: side of :meth:`render`'s images (default ``image_size``).
@@ -190,7 +210,7 @@ class MetaWorldTaskEnv(gym.Env):
 
         self._mw = _benchmark(task).train_classes[task]()  # its own renderer stays unused
         model = self._mw.model
-        cameras = [model.camera(i).name for i in range(model.ncam)]
+        cameras = [model.camera(i).name for i in range(model.ncam)] + list(FREE_CAMERAS)
         if camera not in cameras:
             raise ValueError(f"camera {camera!r} is not in Meta-World's scene; choose one of {cameras}")
         limit = min(model.vis.global_.offwidth, model.vis.global_.offheight)
