@@ -452,6 +452,38 @@ def test_perception_probe_adds_entries_and_refuses_state_bases(tmp_path):
     assert proc.returncode != 0 and "for image bases" in proc.stderr
 
 
+def test_experts_probe_compares_splits_and_traces_the_hand(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "experts.json"
+
+    def probe(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, str(root / "scripts" / "probe_mergevla_experts.py"), "--experiment",
+             "mergevla_smoke", "--seed", "0", "--out", str(out), *args, "--",
+             f"mergevla.data_dir={tmp_path / 'cache'}", "mergevla.vision=true", "mergevla.image_size=16",
+             "mergevla.model.patch_size=8"],
+            capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    proc = probe("--tag", "t", "--n", "2", "--trace-task", "reach-v3")
+    assert proc.returncode != 0 and "is not a task of the suites" in proc.stderr
+    proc = probe("--tag", "t", "--n", "2", "--tasks", "drawer-close-v3", "--trace-task", "drawer-close-v3")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    entry = json.loads(out.read_text())["t"]
+    train, heldout = entry["variations"]["train"], entry["variations"]["heldout"]
+    assert len(train) == len(heldout) == 2 and not set(train) & set(heldout)
+    assert set(entry["success"]) == {"train", "heldout"}
+    for rates in entry["success"].values():
+        assert set(rates) == {"drawer-close-v3", "mean"}
+        assert "mean" in rates and all(0.0 <= r <= 1.0 for r in rates.values())
+    trace = entry["trace"]
+    assert trace["task"] == "drawer-close-v3" and [e["variation"] for e in trace["episodes"]] == heldout
+    assert all(len(e["final_hand"]) == 3 and e["closest_m"] >= 0 for e in trace["episodes"])
+    assert trace["target_spread_cm"] >= 0 and trace["final_hand_spread_cm"] >= 0
+
+
 def test_is_cached_names_the_stages(smoke):
     root, cache, _ = smoke
     from streammoe.control.mergevla.experiment import Pipeline
