@@ -223,7 +223,7 @@ def test_env_rejects_bad_settings_naming_them() -> None:
         mw.MetaWorldTaskEnv("open-fridge")
     with pytest.raises(ValueError, match="variation must be an integer"):
         mw.MetaWorldTaskEnv(DRAWER, variation=-1)
-    with pytest.raises(ValueError, match="camera 'ceiling' is not in Meta-World's scene"):
+    with pytest.raises(ValueError, match="camera 'ceiling' is neither in Meta-World's scene nor in FREE_CAMERAS"):
         mw.MetaWorldTaskEnv(DRAWER, camera="ceiling")
     with pytest.raises(ValueError, match="image_size must be in"):
         mw.MetaWorldTaskEnv(DRAWER, image_size=4096)

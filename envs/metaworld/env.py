@@ -6,8 +6,9 @@ observation dict every MergeVLA component uses, for data, training and evaluatio
 
 ``"image"``        uint8 ``(image_size, image_size, 3)``, when ``vision=True``: RGB from the fixed
                    camera ``camera`` (default ``"workspace"``, a free camera framing the region
-                   of the objects and goal markers; :data:`FREE_CAMERAS`), rendered with shadows, reflections, skybox and
-                   multisampling off (about 4x and 3x faster in software rendering)
+                   of the objects and goal markers; :data:`FREE_CAMERAS`), rendered with
+                   shadows, reflections, skybox and multisampling off (about 4x and 3x faster in
+                   software rendering)
 ``"state"``        float32 ``(STATE_DIM,)`` = 17, when ``vision=False`` (fast path): Meta-World's
                    object positions/quaternions (14, zero-padded) and the goal position (3), the
                    things the image shows; no hand part
@@ -84,7 +85,8 @@ DEFAULT_CAMERA = "workspace"
 # (degrees)). "workspace" frames the region where every suite's objects and goals are placed, at
 # about twice corner3's scale: at 64x64 corner3 (Meta-World's, and our default before) draws a goal
 # marker as a pixel or less (it shows the whole table, the arm's base and the floor), this one as
-# 2-4 pixels. On seed 0 (tuning), image experts 53.1 % vs 47.9 % with corner3 (docs/mergevla.md).
+# 2-4 pixels. Image experts, seed 0 (tuning): 53.1 % vs 47.9 % with corner3; on the reporting seeds
+# 1 and 2 -2.9 and +9.4 points (docs/mergevla.md).
 FREE_CAMERAS: dict[str, dict[str, Any]] = {
     "workspace": {"lookat": (0.0, 0.7, 0.1), "distance": 1.0, "azimuth": 135.0, "elevation": -35.0},
 }
@@ -213,7 +215,8 @@ class MetaWorldTaskEnv(gym.Env):
         model = self._mw.model
         cameras = [model.camera(i).name for i in range(model.ncam)] + list(FREE_CAMERAS)
         if camera not in cameras:
-            raise ValueError(f"camera {camera!r} is not in Meta-World's scene; choose one of {cameras}")
+            raise ValueError(f"camera {camera!r} is neither in Meta-World's scene nor in FREE_CAMERAS; "
+                             f"choose one of {cameras}")
         limit = min(model.vis.global_.offwidth, model.vis.global_.offheight)
         for name, size in (("image_size", self.image_size), ("render_size", self.render_size)):
             if not 8 <= size <= limit:
