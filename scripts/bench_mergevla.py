@@ -62,6 +62,27 @@ def _compose(experiment: str, overrides: list[str]) -> Any:
     return cfg
 
 
+def tagged_probe_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments every seed-0 probe shares: ``--experiment``, ``--seed``, ``--tag`` (the
+    entry's name in ``--out``), ``--out`` and the Hydra overrides after ``--``; add a probe's own
+    before parsing."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--experiment", default="mergevla")
+    ap.add_argument("--seed", type=int, default=0, help="a tuning seed (the bench reports 1-3)")
+    ap.add_argument("--tag", required=True, help="the entry's name in --out")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides (after --)")
+    return ap
+
+
+def write_tagged_entry(path: Path, tag: str, entry: dict[str, Any]) -> None:
+    """Add or replace the entry ``tag`` of the JSON object in ``path`` (created if missing)."""
+    out = json.loads(path.read_text()) if path.is_file() else {}
+    out[tag] = entry
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1))
+
+
 def run_seed(experiment: str, overrides: list[str], seed: int, variants: list[str], ablation: list[str],
              threads: int | None) -> dict[str, Any]:
     """Every variant of one seed (stages and evaluations cached); ``{name: summary}``."""

@@ -23,8 +23,6 @@ Each run adds or replaces one entry (``--tag``) of the JSON file ``--out``::
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -37,21 +35,17 @@ def _target(env: Any, task: str) -> Any:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--experiment", default="mergevla")
-    ap.add_argument("--seed", type=int, default=0, help="a tuning seed (the bench reports 1-3)")
-    ap.add_argument("--tag", required=True, help="the entry's name in --out")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_mergevla import _compose, tagged_probe_parser, write_tagged_entry
+
+    ap = tagged_probe_parser(__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=20, help="variations per split and task")
     ap.add_argument("--tasks", nargs="+", default=None, help="tasks of probe 1 (default: every suite's)")
     ap.add_argument("--trace-task", default="reach-v3")
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("overrides", nargs="*", help="Hydra overrides (after --)")
     args = ap.parse_args()
     os.environ.setdefault("MUJOCO_GL", "egl")
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     import numpy as np
     import torch
-    from bench_mergevla import _compose
     from streammoe_envs.metaworld import SUITES, split_variations
     from streammoe_envs.metaworld.env import MetaWorldTaskEnv
 
@@ -118,10 +112,7 @@ def main() -> None:
                        "final_hand_spread_cm": spread(finals),
                        "final_hand_to_target_cm": 100 * float(np.linalg.norm(finals - targets, axis=1).mean()),
                        "episodes": trace}}
-    out = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    out[args.tag] = entry
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1))
+    write_tagged_entry(args.out, args.tag, entry)
     rows = [{"task": t, "train %": round(100 * success["train"][t], 1),
              "held-out %": round(100 * success["heldout"][t], 1)} for t in [*tasks, "mean"]]
     print(format_table(rows, title=f"MergeVLA image experts, {args.tag} (seed {args.seed})"))

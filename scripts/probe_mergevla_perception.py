@@ -17,8 +17,6 @@ guess scores). Each run adds or replaces one entry (``--tag``) of the JSON file 
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import time
@@ -26,19 +24,15 @@ from pathlib import Path
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--experiment", default="mergevla")
-    ap.add_argument("--seed", type=int, default=0, help="a tuning seed (the bench reports 1-3)")
-    ap.add_argument("--tag", required=True, help="the entry's name in --out")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_mergevla import _compose, tagged_probe_parser, write_tagged_entry
+
+    ap = tagged_probe_parser(__doc__.split("\n\n")[0])
     ap.add_argument("--frames", type=int, default=512, help="frames per suite")
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("overrides", nargs="*", help="Hydra overrides (after --)")
     args = ap.parse_args()
     os.environ.setdefault("MUJOCO_GL", "egl")
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     import numpy as np
     import torch
-    from bench_mergevla import _compose
 
     from streammoe.control.mergevla.experiment import Pipeline
     from streammoe.control.mergevla.train import aux_targets, obs_batch
@@ -72,10 +66,7 @@ def main() -> None:
         per_suite[suite] = row
     entry = {"overrides": args.overrides, "seed": args.seed, "frames_per_suite": args.frames,
              "base_train_seconds": seconds, "per_suite": per_suite}
-    out = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    out[args.tag] = entry
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1))
+    write_tagged_entry(args.out, args.tag, entry)
     print(format_table([{"suite": s, **{k: round(v, 2) for k, v in r.items()}} for s, r in per_suite.items()],
                        title=f"MergeVLA base perception, {args.tag} (seed {args.seed}), cm"))
 
