@@ -19,6 +19,7 @@ from streammoe_envs.skillblend.skill_envs import ReachEnv, WalkEnv
 import streammoe  # noqa: F401  (sets MUJOCO_GL before mujoco loads)
 from streammoe import checkpoint
 from streammoe.cli import run_experiment
+from streammoe.config import ConfigError
 from streammoe.control.skillblend import (
     MLPSkill,
     SkillBlendPolicy,
@@ -27,6 +28,7 @@ from streammoe.control.skillblend import (
     skill_from_sb3,
 )
 from streammoe.control.skillblend import skills as skills_module
+from streammoe.control.skillblend.config import validated
 from streammoe.control.skillblend.experiment import make_model
 
 SMALL_PPO = {"n_steps": 32, "batch_size": 32, "n_epochs": 2, "learning_rate": 1e-3}
@@ -253,6 +255,30 @@ def test_blender_sees_rates_switch_reaches_the_policy(make_config) -> None:
         cfg = make_config(["experiment=skillblend_smoke", f"skillblend.blender_sees_rates={sees}"])
         for method in ("blend", "hard"):
             assert make_model(method, vec, make_skills(), cfg.skillblend, 0, "cpu").policy.hidden_from_blender == hidden
+
+
+def test_goal_gain_is_per_task_unless_set(make_config) -> None:
+    vec = make_vec_env(ENV_IDS["far_reach"], n_envs=1, seed=0)
+    gains = {}
+    for overrides in ([], ["skillblend.task=box_push"], ["skillblend.task=box_push", "skillblend.goal_gain=2.0"],
+                      ["skillblend.goal_gain_by_task.far_reach=0.5"]):
+        cfg = make_config(["experiment=skillblend_smoke", *overrides])
+        validated(cfg)
+        gains[tuple(overrides)] = make_model("blend", vec, make_skills(), cfg.skillblend, 0, "cpu").policy.goal_gain
+    default = make_config(["experiment=skillblend"]).skillblend.goal_gain_by_task
+    assert list(gains.values()) == [default["far_reach"], default["box_push"], 2.0, 0.5]
+    assert default["box_push"] != default["far_reach"]  # the per-task choice is in effect
+
+
+@pytest.mark.parametrize(("overrides", "match"), [
+    (["skillblend.goal_gain=0.0"], r"skillblend\.goal_gain must be > 0"),
+    (["skillblend.goal_gain_by_task.far_reach=-1.0"], r"skillblend\.goal_gain_by_task\.far_reach must be > 0"),
+    (["+skillblend.goal_gain_by_task.box_pull=1.0"], r"goal_gain_by_task key must be one of"),
+    (["~skillblend.goal_gain_by_task.far_reach"], r"no entry for task 'far_reach'.*goal_gain_by_task\.far_reach="),
+])
+def test_bad_goal_gain_settings_are_refused(make_config, overrides: list[str], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        validated(make_config(["experiment=skillblend_smoke", *overrides]))
 
 
 def test_make_model_rejects_unknown_method(make_config) -> None:

@@ -32,7 +32,8 @@ from streammoe.config import (
 )
 
 __all__ = ["METHODS", "VEC_ENVS", "PPOSettings", "SkillBlendConfig", "SkillBlendExperiment",
-           "SkillTrainingConfig", "SkillTrainingExperiment", "SkillsConfig", "validated", "validated_skills"]
+           "SkillTrainingConfig", "SkillTrainingExperiment", "SkillsConfig", "goal_gain_for", "validated",
+           "validated_skills"]
 
 METHODS = ("blend", "hard", "flat")
 VEC_ENVS = ("dummy", "subproc")  # SB3 DummyVecEnv (one process) | SubprocVecEnv (one process per env)
@@ -133,7 +134,8 @@ class SkillBlendConfig:
     episode_steps: int | None = MISSING
     gate_temperature: float = MISSING
     blender_sees_rates: bool = MISSING
-    goal_gain: float = MISSING
+    goal_gain: float | None = MISSING  # None: goal_gain_by_task[task]
+    goal_gain_by_task: dict[str, float] = MISSING
     eval_episodes: int = MISSING
     curve_at: list[int] = MISSING      # env steps of the learning curve's evaluations (before timesteps)
     vec_env: str = MISSING             # dummy | subproc
@@ -154,7 +156,14 @@ class SkillBlendConfig:
         at_least(f"{at}timesteps", self.timesteps, 1)
         at_least(f"{at}threads", self.threads, 1)
         greater_than(f"{at}gate_temperature", self.gate_temperature, 0.0)
-        greater_than(f"{at}goal_gain", self.goal_gain, 0.0)
+        if self.goal_gain is not None:
+            greater_than(f"{at}goal_gain", self.goal_gain, 0.0)
+        for name, gain in self.goal_gain_by_task.items():
+            one_of(f"{at}goal_gain_by_task key", name, TASK_ENVS)
+            greater_than(f"{at}goal_gain_by_task.{name}", gain, 0.0)
+        if self.goal_gain is None and self.task not in self.goal_gain_by_task:
+            raise ConfigError(f"{at}goal_gain is null but {at}goal_gain_by_task has no entry for task "
+                              f"{self.task!r}; add {at}goal_gain_by_task.{self.task}=<gain> or set {at}goal_gain")
         one_of(f"{at}vec_env", self.vec_env, VEC_ENVS)
         if self.vec_env == "subproc" and "fork" not in multiprocessing.get_all_start_methods():
             raise ConfigError(f"{at}vec_env=subproc needs the fork start method (Linux, macOS); "
@@ -168,6 +177,12 @@ class SkillBlendConfig:
             if i and steps <= self.curve_at[i - 1]:
                 raise ConfigError(f"{at}curve_at must increase, got {list(self.curve_at)}")
         _check_run_sizes(self, at)
+
+
+def goal_gain_for(c: Any) -> float:
+    """The goal squash's slope for ``c.task`` (``c``: a checked ``cfg.skillblend``):
+    ``c.goal_gain`` when set, else ``c.goal_gain_by_task[c.task]``."""
+    return float(c.goal_gain if c.goal_gain is not None else c.goal_gain_by_task[c.task])
 
 
 @dataclass

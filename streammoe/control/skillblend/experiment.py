@@ -35,7 +35,13 @@ from streammoe.control.skillblend.checkpoint import (
     learn_resumable,
     resume_or_build,
 )
-from streammoe.control.skillblend.config import METHODS, VEC_ENVS, validated, validated_skills
+from streammoe.control.skillblend.config import (
+    METHODS,
+    VEC_ENVS,
+    goal_gain_for,
+    validated,
+    validated_skills,
+)
 from streammoe.control.skillblend.evaluate import (
     evaluate,
     plot_blend_weights,
@@ -277,7 +283,7 @@ def make_model(method: str, vec: VecEnv, skills: list[MLPSkill], c: DictConfig, 
     if method == "flat":
         return PPO("MlpPolicy", vec, seed=seed, device=device, verbose=0, **kw)
     kw["policy_kwargs"].update(skills=skills, proprio_dim=PROPRIO_DIM, selection=method,
-                               gate_temperature=float(c.gate_temperature), goal_gain=float(c.goal_gain),
+                               gate_temperature=float(c.gate_temperature), goal_gain=goal_gain_for(c),
                                hidden_from_blender=() if c.blender_sees_rates else PROPRIO_RATES)
     return PPO(SkillBlendPolicy, vec, seed=seed, device=device, verbose=0, **kw)
 
