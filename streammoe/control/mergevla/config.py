@@ -161,6 +161,7 @@ class ExpertSettings(StageTrainSettings):
     lora_init: str = MISSING      # default (PEFT's random A) | eva (A from the inputs' PCA)
     eva_layers: list[int] | None = None  # backbone layers with EVA's A (None: all)
     eva_modules: list[str] | None = None  # modules of those layers with EVA's A (None: all wrapped)
+    train_vision: bool = False    # also train the vision encoder (images only); merged like the rest
 
     def check(self, at: str) -> None:
         super().check(at)
@@ -280,6 +281,9 @@ class MergeVLAConfig:
         if any(layer >= self.model.n_layers for layer in self.expert.eva_layers or ()):
             raise ConfigError(f"{at}expert.eva_layers={list(self.expert.eva_layers)} must be backbone "
                               f"layers in [0, {at}model.n_layers={self.model.n_layers})")
+        if self.expert.train_vision and not self.vision:
+            raise ConfigError(f"{at}expert.train_vision=true needs images ({at}vision=true): the object "
+                              f"state has no vision encoder; set {at}expert.train_vision=false")
         if self.router.layer >= self.model.n_layers:
             raise ConfigError(f"{at}router.layer={self.router.layer} must be a backbone layer in [0, "
                               f"{at}model.n_layers={self.model.n_layers})")

@@ -174,6 +174,8 @@ class Pipeline:
                     "lora": {"rank": int(e.lora_rank), "alpha": float(e.lora_alpha),
                              "target": str(e.lora_target)}, "targets": str(e.targets),
                     "shared_lr_scale": float(e.shared_lr_scale)}
+        if e.train_vision:  # (the default leaves earlier stage files valid)
+            settings["train_vision"] = True
         if str(e.lora_init) != "default":  # (the default leaves earlier stage files valid)
             settings["lora_init"] = str(e.lora_init)
             if e.eva_layers is not None:
@@ -195,6 +197,7 @@ class Pipeline:
                                shared_lr_scale=float(e.shared_lr_scale), lora_init=str(e.lora_init),
                                eva_layers=None if e.eva_layers is None else [int(i) for i in e.eva_layers],
                                eva_modules=None if e.eva_modules is None else [str(m) for m in e.eva_modules],
+                               train_vision=bool(e.train_vision),
                                seed=self.seed * 1000 + self.suites.index(suite) + 1, device=self.device,
                                log=log))
 

@@ -222,7 +222,7 @@ def train_expert(model_cfg: VLAConfig, base: Mapping[str, Tensor], data: SuiteDa
                  settings: TrainSettings, *, lora_rank: int, lora_alpha: float, lora_target: str,
                  shared_lr_scale: float = 1.0, lora_init: str = "default",
                  eva_layers: Sequence[int] | None = None, eva_modules: Sequence[str] | None = None,
-                 eva_batches: int = 64,
+                 eva_batches: int = 64, train_vision: bool = False,
                  seed: int, device: torch.device, log: LogFn | None = None
                  ) -> tuple[dict[str, Tensor], list[dict[str, float]]]:
     """One suite's expert from the base: LoRA on the backbone + the action expert, trained on the
@@ -234,7 +234,12 @@ def train_expert(model_cfg: VLAConfig, base: Mapping[str, Tensor], data: SuiteDa
     :func:`~streammoe.control.mergevla.model.eva_components`); ``eva_layers``: the backbone
     layers that get EVA's ``A`` (``None``: every layer), ``eva_modules``: the modules of those
     layers that do (names as :func:`~streammoe.control.mergevla.model.lora_module_names`;
-    ``None``: every wrapped one); the others keep PEFT's default."""
+    ``None``: every wrapped one); the others keep PEFT's default. ``train_vision``: the vision
+    encoder trains too (at ``settings.lr``; images only), so the expert's task vector holds its
+    change and merging merges it with the backbone's."""
+    if train_vision and not model_cfg.vision:
+        raise ValueError("train_vision needs an image model (vision=true): the object-state model has "
+                         "no vision encoder")
     if not 0.0 <= shared_lr_scale <= 1.0:
         raise ValueError(f"shared_lr_scale must be in [0, 1], got {shared_lr_scale}")
     if lora_init not in ("default", "eva"):
@@ -261,6 +266,9 @@ def train_expert(model_cfg: VLAConfig, base: Mapping[str, Tensor], data: SuiteDa
         keep = {f"backbone.layers.{int(i)}.{m}" for i in layers for m in names}
         eva = {n: c for n, c in eva.items() if n in keep}  # the others keep PEFT's default A
     model = add_lora(model, rank=lora_rank, alpha=lora_alpha, target=lora_target, eva=eva).to(device)
+    if train_vision:
+        for p in model.embed.vision.parameters():
+            p.requires_grad_(True)
     shared = model.shared_action_expert_prefixes()
     own = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith(shared)]
     common = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith(shared)]
