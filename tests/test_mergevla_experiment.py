@@ -240,6 +240,44 @@ def test_expert_shared_blocks_move_only_with_their_learning_rate(scale):
                      lora_target="backbone", shared_lr_scale=1.5, seed=0, device=torch.device("cpu"))
 
 
+@pytest.mark.parametrize("train_vision", [False, True])
+def test_expert_trains_the_vision_encoder_only_when_asked(train_vision):
+    from streammoe.control.mergevla.train import TrainSettings, train_expert
+
+    cfg = VLAConfig(vision=True, image_size=16, patch_size=8, d_model=16, n_heads=2, n_layers=2)
+    base = TinyVLA(cfg).state_dict()
+    data = _tiny_suite()
+    data.obs = {**{k: v for k, v in data.obs.items() if k != "state"},
+                "image": np.random.default_rng(1).integers(0, 256, (16, 16, 16, 3), dtype=np.uint8)}
+    settings = TrainSettings(steps=3, batch_size=4, lr=1e-2, weight_decay=0.0, grad_clip=1.0, shift=0,
+                             log_every=1)
+    expert, _ = train_expert(cfg, base, data, settings, lora_rank=2, lora_alpha=4.0, lora_target="backbone",
+                             shared_lr_scale=0.0, train_vision=train_vision, seed=0, device=torch.device("cpu"))
+    vision = [k for k in base if k.startswith("embed.vision.")]
+    assert vision and set(expert) == set(base)
+    assert {k for k in vision if not torch.equal(base[k], expert[k])} == (set(vision) if train_vision else set())
+    assert any(not torch.equal(base[k], expert[k]) for k in base if k.startswith("backbone."))
+    if train_vision:  # merging takes the encoder's change like any other key
+        from streammoe.control.mergevla.merging import task_vectors
+
+        assert all(task_vectors(base, [expert])[0][k].abs().sum() > 0 for k in vision)
+
+
+def test_train_vision_is_refused_without_images():
+    from streammoe.control.mergevla.config import validated
+    from streammoe.control.mergevla.train import TrainSettings, train_expert
+
+    with pytest.raises(ConfigError, match=r"expert\.train_vision=true needs images.*train_vision=false"):
+        validated(compose_config(["experiment=mergevla", "mergevla.vision=false", "mergevla.expert.train_vision=true"]))
+    validated(compose_config(["experiment=mergevla", "mergevla.expert.train_vision=true"]))
+    cfg = VLAConfig(vision=False, state_dim=17, d_model=16, n_heads=2, n_layers=2)
+    settings = TrainSettings(steps=1, batch_size=4, lr=1e-2, weight_decay=0.0, grad_clip=1.0, shift=0,
+                             log_every=1)
+    with pytest.raises(ValueError, match="train_vision needs an image model"):
+        train_expert(cfg, TinyVLA(cfg).state_dict(), _tiny_suite(), settings, lora_rank=2, lora_alpha=4.0,
+                     lora_target="backbone", train_vision=True, seed=0, device=torch.device("cpu"))
+
+
 def test_bench_script_runs_the_smoke_grid_and_writes_its_table(tmp_path):
     import subprocess
     import sys
