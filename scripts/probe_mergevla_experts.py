@@ -85,6 +85,8 @@ def main() -> None:
     model = policy.models[pipe.suites.index(suite)]
     trace = []
     for v in splits["heldout"]:
+        # a fresh env per episode, as the evaluation builds them: a reused env's reset(options=...)
+        # starts push-v3 a hair differently (a pixel value off here and there)
         env = MetaWorldTaskEnv(task, v, vision=True, image_size=int(c.image_size), camera=str(c.camera))
         obs, _ = env.reset()
         target = np.array(_target(env, task), float)
