@@ -17,7 +17,7 @@ Prints a table (success per suite, mean over seeds with the spread and a 95 % in
 seeds; router accuracy; routing overhead) and writes ``bench.json``, ``bench.md``,
 ``success.png`` and ``router_confusion.png`` (summed over seeds) into ``--out``; ``--videos DIR`` films one episode per suite of ``--video-variant`` (seed 0).
 
-    python scripts/bench_mergevla.py --seeds 1 2 3 --jobs 2 --out results/mergevla/state -- mergevla.vision=false
+    python scripts/bench_mergevla.py --experiment mergevla_state --seeds 1 2 3 --jobs 2 --out results/mergevla/state
     python scripts/bench_mergevla.py --seeds 1 2 3 --jobs 2 --out results/mergevla/vision
     python scripts/bench_mergevla.py --experiment mergevla_smoke --seeds 0 --out /tmp/b   # seconds
 

@@ -20,8 +20,7 @@ On the seed's experts (stages read from ``mergevla.data_dir`` or trained) and TI
 
 Writes JSON (``--out``) and prints a table::
 
-    python scripts/probe_mergevla_refit.py --seed 0 --out results/mergevla/refit_seed0/probes.json \\
-        -- mergevla.vision=false
+    python scripts/probe_mergevla_refit.py --experiment mergevla_state --seed 0 --out results/mergevla/refit_seed0/probes.json
 """
 
 from __future__ import annotations

@@ -22,8 +22,7 @@ singular subspaces, over the pairs of experts; about 0.35 for unrelated random 8
 Prints a table and writes JSON (``--out``). The settings chosen here are the defaults in
 ``conf/experiment/mergevla.yaml``; the benchmark reports them on seeds 1-3 and held-out variations:
 
-    python scripts/tune_mergevla_router.py --seed 0 --out results/mergevla/router_tuning_seed0.json \\
-        -- mergevla.vision=false
+    python scripts/tune_mergevla_router.py --experiment mergevla_state --seed 0 --out results/mergevla/router_tuning_seed0.json
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 SMOKES = {"driftmoe_smoke": "driftmoe", "macrohft_smoke": "macrohft",
           "skillblend_smoke": "skillblend", "t2mir_smoke": "t2mir_pointrobot",
-          "mergevla_smoke": "mergevla"}
+          "mergevla_smoke": "mergevla_state"}
 
 
 def _message(err: BaseException) -> str:

@@ -199,6 +199,24 @@ def test_random_shift_moves_whole_images_within_the_bound():
     assert torch.equal(random_shift(img, 0, gen), img)
 
 
+def test_the_state_preset_is_the_image_pipeline_without_its_image_settings():
+    """``experiment=mergevla_state``: the object state with the settings its results were made
+    with, so its stage fingerprints are those of before the image defaults changed."""
+    from streammoe.control.mergevla.config import validated
+
+    image, state = (compose_config([f"experiment={name}"]) for name in ("mergevla", "mergevla_state"))
+    validated(state)
+    assert image.mergevla.vision and image.mergevla.expert.train_vision and image.mergevla.model.keypoints > 0
+    assert not state.mergevla.vision and not state.mergevla.expert.train_vision
+    assert state.mergevla.model.keypoints == 0 and state.mergevla.expert.steps == 1500
+    differ = {k for k in image.mergevla if image.mergevla[k] != state.mergevla[k]}
+    assert differ == {"vision", "model", "expert", "merge"}
+    before = compose_config(["experiment=mergevla", "mergevla.vision=false", "mergevla.model.keypoints=0",
+                             "mergevla.expert.steps=1500", "mergevla.expert.train_vision=false",
+                             "mergevla.merge.refit_vision=false"])
+    assert OmegaConf.to_container(before.mergevla) == OmegaConf.to_container(state.mergevla)
+
+
 def test_the_smoke_config_is_the_real_one_with_sizes():
     real, smoke_cfg = compose_config(["experiment=mergevla"]), compose_config(["experiment=mergevla_smoke"])
     assert OmegaConf.select(real, "mergevla.vision") is True and smoke_cfg.mergevla.vision is False
@@ -269,6 +287,8 @@ def test_train_vision_is_refused_without_images():
 
     with pytest.raises(ConfigError, match=r"expert\.train_vision=true needs images.*train_vision=false"):
         validated(compose_config(["experiment=mergevla", "mergevla.vision=false", "mergevla.expert.train_vision=true"]))
+    with pytest.raises(ConfigError, match="experiment=mergevla_state"):  # the image defaults train it
+        validated(compose_config(["experiment=mergevla", "mergevla.vision=false"]))
     validated(compose_config(["experiment=mergevla", "mergevla.expert.train_vision=true"]))
     cfg = VLAConfig(vision=False, state_dim=17, d_model=16, n_heads=2, n_layers=2)
     settings = TrainSettings(steps=1, batch_size=4, lr=1e-2, weight_decay=0.0, grad_clip=1.0, shift=0,
@@ -561,3 +581,35 @@ def test_router_tokens_instruction_reads_only_the_words():
     # of the last shared block, they have, and the image moves the scores under either setting)
     with pytest.raises(ValueError, match="router_tokens must be"):
         SuitePolicy(models, ("drawer", "button"), "router", router, router_tokens="words")
+
+
+def test_refit_vision_refits_the_trained_encoder_and_only_its_runs_change_fingerprint(tmp_path):
+    """``merge.refit_vision``: the encoder's linear and convolution layers get Gram matrices (a
+    convolution's of its patches) and the refit moves its merged vector; the backbone's refit is
+    the same either way; left at false it stays out of the evaluation's fingerprint (the cached
+    evaluations made before it stay valid)."""
+    from streammoe.control.mergevla.experiment import Pipeline
+
+    images = ["experiment=mergevla_smoke", f"mergevla.data_dir={tmp_path / 'cache'}", "mergevla.vision=true",
+              "mergevla.image_size=16", "mergevla.model.patch_size=8", "mergevla.model.keypoints=2",
+              "mergevla.expert.train_vision=true", "mergevla.merge.refit_frames=32"]
+    head = "cross_attention"
+    pipes = {flag: Pipeline(compose_config([*images, f"mergevla.merge.refit_vision={flag}"]).mergevla, 0,
+                            torch.device("cpu")) for flag in (False, True)}
+    grams = {flag: pipe.grams(head) for flag, pipe in pipes.items()}
+    vision = {k for k in grams[True][0] if k.startswith("embed.vision.")}
+    assert not any(k.startswith("embed.vision.") for k in grams[False][0])
+    assert {"embed.vision.conv1.weight", "embed.vision.conv2.weight", "embed.vision.kp_conv1.weight",
+            "embed.vision.kp_embed.weight"} <= vision
+    base, _, _ = pipes[True].experts(head)
+    for key in vision:
+        n_in = base[key][0].numel()
+        assert all(g[key].shape == (n_in, n_in) for g in grams[True])
+    merged = {flag: pipe.merge(head, "ties", refit=True) for flag, pipe in pipes.items()}
+    backbone = [k for k in merged[True].tau if k.startswith("backbone.")]
+    assert backbone and all(torch.allclose(merged[True].tau[k], merged[False].tau[k]) for k in backbone)
+    assert any(not torch.allclose(merged[True].tau[k], merged[False].tau[k]) for k in vision)
+    specs = {flag: pipe._eval_spec(head, "ties+mask+refit/router")[1]["merge"] for flag, pipe in pipes.items()}
+    assert "refit_vision" not in specs[False] and specs[True]["refit_vision"] is True
+    for variant in ("experts/oracle", "ties+mask/router"):  # no refit: the switch changes nothing there
+        assert pipes[True]._eval_spec(head, variant) == pipes[False]._eval_spec(head, variant)

@@ -444,7 +444,7 @@ def test_refit_errors_name_the_problem():
     with pytest.raises(ValueError, match="lack"):
         refit_to_masks(taus, masks, [{"v": torch.eye(3)}] * 2)
     vec = [{"b": torch.zeros(3)}] * 2
-    with pytest.raises(ValueError, match="only a 2-D"):
+    with pytest.raises(ValueError, match=r"only an \(out, in, ...\) weight"):
         refit_to_masks(vec, [{"b": torch.ones(3, dtype=torch.bool)}] * 2, [{"b": torch.eye(3)}] * 2)
     with pytest.raises(ValueError, match="NaN or inf"):
         refit_to_masks(taus, masks, [{"w": torch.full((3, 3), float("nan"))}] * 2)
@@ -469,6 +469,47 @@ def test_input_grams_counts_only_valid_rows_and_skips_other_modules():
         input_grams(model, ["0.weight"], [x], model, lambda b: valid[0])
     with pytest.raises(ValueError, match="no inputs reached"):
         input_grams(model, ["0.weight"], [], model)
+
+
+def test_input_grams_of_a_convolution_give_its_output_error():
+    """A convolution's Gram matrix is that of its input patches, in ``weight.flatten(1)``'s order:
+    for any weight change ``D``, ``tr(D G D^T)`` is the mean squared output of the convolution
+    with weight ``D`` over every image position."""
+    g = torch.Generator().manual_seed(0)
+    conv = torch.nn.Conv2d(2, 3, kernel_size=3, stride=2, padding=1).double()
+    x = torch.randn(4, 2, 9, 7, generator=g, dtype=torch.float64)
+    gram = input_grams(conv, ["weight", "bias"], [x[:2], x[2:]], conv)
+    assert sorted(gram) == ["weight"] and gram["weight"].shape == (18, 18)
+    d = torch.randn(3, 2, 3, 3, generator=g, dtype=torch.float64)
+    y = torch.nn.functional.conv2d(x, d, stride=2, padding=1)                # (B, 3, H', W')
+    mean_sq = y.pow(2).sum(dim=1).mean()
+    d2 = d.flatten(1)
+    torch.testing.assert_close(torch.trace(d2 @ gram["weight"] @ d2.T), mean_sq)
+    with pytest.raises(ValueError, match="grouped|ungrouped"):
+        grouped = torch.nn.Conv2d(2, 2, kernel_size=1, groups=2)
+        input_grams(grouped, ["weight"], [x.float()], grouped)
+    with pytest.raises(ValueError, match="padding"):
+        same = torch.nn.Conv2d(2, 2, kernel_size=3, padding="same")
+        input_grams(same, ["weight"], [x.float()], same)
+
+
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 3))
+@PROPS
+def test_refit_of_a_convolution_weight_is_that_of_its_flattened_weight(seed, n):
+    g = torch.Generator().manual_seed(seed)
+    taus = [{"w": torch.randn(3, 2, 2, 2, generator=g, dtype=torch.float64)} for _ in range(n)]
+    masks = [{"w": torch.rand(3, 2, 2, 2, generator=g) < 0.6} for _ in range(n)]
+    grams = []
+    for _ in range(n):
+        x = torch.randn(40, 8, generator=g, dtype=torch.float64)
+        grams.append({"w": x.T @ x / 40})
+    conv = refit_to_masks(taus, masks, grams, ridge=1e-8)["w"]
+    flat = refit_to_masks([{"w": t["w"].flatten(1)} for t in taus], [{"w": m["w"].flatten(1)} for m in masks],
+                          grams, ridge=1e-8)["w"]
+    assert conv.shape == (3, 2, 2, 2)
+    torch.testing.assert_close(conv.flatten(1), flat)
+    with pytest.raises(ValueError, match=r"must be a \(8, 8\) tensor"):
+        refit_to_masks(taus, masks, [{"w": torch.eye(2)}] * n)
 
 
 def test_merge_experts_refit_keeps_masks_and_heads_and_fits_tau():

@@ -186,6 +186,7 @@ class MergeSettings:
     lam: float = MISSING
     refit_frames: int = MISSING   # demonstration frames per suite for the '+refit' Gram matrices
     refit_ridge: float = MISSING  # ridge of the '+refit' solve, relative to the mean diagonal
+    refit_vision: bool = MISSING  # '+refit' also re-fits the vision encoder (convolutions by their patches)
 
     def check(self, at: str) -> None:
         in_range(f"{at}ties_density", self.ties_density, 0.0, 1.0, low_open=True)
@@ -283,7 +284,8 @@ class MergeVLAConfig:
                               f"layers in [0, {at}model.n_layers={self.model.n_layers})")
         if self.expert.train_vision and not self.vision:
             raise ConfigError(f"{at}expert.train_vision=true needs images ({at}vision=true): the object "
-                              f"state has no vision encoder; set {at}expert.train_vision=false")
+                              f"state has no vision encoder; for the object state run "
+                              f"experiment=mergevla_state (its settings), or set {at}expert.train_vision=false")
         if self.router.layer >= self.model.n_layers:
             raise ConfigError(f"{at}router.layer={self.router.layer} must be a backbone layer in [0, "
                               f"{at}model.n_layers={self.model.n_layers})")

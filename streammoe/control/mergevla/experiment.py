@@ -233,7 +233,9 @@ class Pipeline:
     def grams(self, action_head: str) -> list[dict[str, torch.Tensor]]:
         """Per suite, the Gram matrices of the inputs of every backbone linear layer of that
         suite's expert on ``merge.refit_frames`` of its demonstration frames (real tokens only;
-        the frames drawn with the seed), for ``+refit`` (computed once per head)."""
+        the frames drawn with the seed), for ``+refit`` (computed once per head); with
+        ``merge.refit_vision`` also of the vision encoder's linear and convolution layers (every
+        image position)."""
         if action_head not in self._grams:
             base, experts, _ = self.experts(action_head)
             _, data, _ = self.demos()
@@ -243,11 +245,16 @@ class Pipeline:
             grams = []
             for suite, sd in zip(self.suites, experts):
                 model = self.build(action_head, sd)
+                vision_keys = ([k for k in base if k.startswith(model.vision_encoder_prefix())]
+                               if self.c.merge.refit_vision and self.c.vision else [])
                 frames = data[suite]
                 idx = rng.choice(len(frames), size=min(n, len(frames)), replace=False)
                 batches = [obs_batch(frames, idx[i:i + 256], model.cfg.vision, self.device)
                            for i in range(0, len(idx), 256)]
-                grams.append(input_grams(model, keys, batches, model.encode, model.token_valid_mask))
+                g = input_grams(model, keys, batches, model.encode, model.token_valid_mask)
+                if vision_keys:  # the encoder sees whole images: no token mask applies
+                    g.update(input_grams(model, vision_keys, batches, model.encode))
+                grams.append(g)
             self._grams[action_head] = grams
         return self._grams[action_head]
 
@@ -318,8 +325,11 @@ class Pipeline:
     def _eval_spec(self, action_head: str, variant: str) -> tuple[str, dict[str, Any], list[str]]:
         """A variant's evaluation stage ``(name, settings, inputs)``."""
         fps = [stage_fingerprint(*self._expert_spec(action_head, suite)) for suite in self.suites]
+        merge = OmegaConf.to_container(self.c.merge, resolve=True)
+        if not (variant_parts(variant).refit and merge["refit_vision"]):
+            merge.pop("refit_vision")  # no effect on the variant (the files made before it stay valid)
         settings = {"variant": variant, "head": action_head, "variations": self.heldout_variations(),
-                    "merge": OmegaConf.to_container(self.c.merge, resolve=True),
+                    "merge": merge,
                     "router": _router_settings(self.c.router),
                     "vision": bool(self.c.vision), "image_size": int(self.c.image_size),
                     "camera": str(self.c.camera), "tasks": list(self.tasks)}

@@ -74,6 +74,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from streammoe import checkpoint
@@ -438,10 +439,14 @@ def input_grams(model: nn.Module, keys: Iterable[str], batches: Iterable[Any],
                 forward: Callable[[Any], Any], valid: Callable[[Any], Tensor | None] | None = None
                 ) -> dict[str, Tensor]:
     """Gram matrices ``E[x x^T]`` (float64, ``(in, in)``) of the inputs of the ``nn.Linear``
-    modules whose weights ``keys`` name (``"<module>.weight"``; keys of other modules are
-    skipped), over every row of every batch: ``forward(batch)`` runs ``model`` on one batch and
-    ``valid(batch)`` (optional) gives a bool mask over the inputs' leading dimensions (e.g. real
-    tokens, not padding); only those rows count. No gradients; the model is left as it was.
+    and ``nn.Conv2d`` modules whose weights ``keys`` name (``"<module>.weight"``; keys of other
+    modules are skipped), over every row of every batch: ``forward(batch)`` runs ``model`` on one
+    batch and ``valid(batch)`` (optional) gives a bool mask over the ``nn.Linear`` inputs' leading
+    dimensions (e.g. real tokens, not padding); only those rows count. A convolution is a linear
+    map of its input patches, so its rows are the patches it reads (``F.unfold`` with its kernel,
+    stride, padding and dilation; every position counts, ``valid`` does not apply), ``in`` being
+    ``in_channels * kh * kw``, the order of ``weight.flatten(1)``; grouped convolutions are
+    refused. No gradients; the model is left as it was.
 
     >>> import torch
     >>> lin = torch.nn.Linear(2, 1)
@@ -449,13 +454,22 @@ def input_grams(model: nn.Module, keys: Iterable[str], batches: Iterable[Any],
     >>> g["weight"]
     tensor([[1., 1.],
             [1., 2.]], dtype=torch.float64)
+    >>> conv = torch.nn.Conv2d(1, 1, kernel_size=2, stride=2)
+    >>> input_grams(conv, ["weight"], [torch.ones(1, 1, 2, 4)], conv)["weight"].shape
+    torch.Size([4, 4])
     """
     modules = dict(model.named_modules())
-    targets: dict[str, nn.Linear] = {}
+    targets: dict[str, nn.Linear | nn.Conv2d] = {}
     for key in keys:
         name = key.removesuffix(".weight") if key != "weight" else ""
-        if key.endswith("weight") and isinstance(modules.get(name), nn.Linear):
-            targets[key] = modules[name]
+        module = modules.get(name)
+        if key.endswith("weight") and isinstance(module, nn.Conv2d) and (
+                module.groups != 1 or isinstance(module.padding, str) or module.padding_mode != "zeros"):
+            raise ValueError(f"{key!r}: only an ungrouped convolution with numeric zero padding has a "
+                             f"Gram matrix of its input patches here (groups={module.groups}, padding="
+                             f"{module.padding!r}, padding_mode={module.padding_mode!r}); leave it out of keys")
+        if key.endswith("weight") and isinstance(module, (nn.Linear, nn.Conv2d)):
+            targets[key] = module
     sums: dict[str, Tensor] = {}
     counts: dict[str, int] = dict.fromkeys(targets, 0)
     rows: Tensor | None = None
@@ -463,7 +477,10 @@ def input_grams(model: nn.Module, keys: Iterable[str], batches: Iterable[Any],
     def hook_for(key: str) -> Callable[..., None]:
         def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
             x = inputs[0].detach()
-            if rows is not None:
+            if isinstance(module, nn.Conv2d):  # (B, C*kh*kw, L) patches -> (B*L, C*kh*kw) rows
+                x = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=module.padding,
+                             stride=module.stride).transpose(1, 2)
+            elif rows is not None:
                 if tuple(rows.shape) != tuple(x.shape[:-1]):
                     raise ValueError(f"valid(batch) has shape {tuple(rows.shape)}, the input of {key!r} "
                                      f"{tuple(x.shape)}: it must match the input's leading dimensions")
@@ -501,7 +518,9 @@ def refit_to_masks(taus: Sequence[StateDict], masks: Sequence[Mapping[str, Tenso
     ``ridge`` times the mean of the system's diagonal on the identity (entries no mask keeps come
     out 0). Keys without a Gram matrix (and every key when ``grams`` is None) use the identity: each
     entry is the mean of ``tau_t`` over the tasks whose mask keeps it (0 where none does), the exact
-    least-squares value. Only 2-D tensors can have a Gram matrix.
+    least-squares value. Only tensors of 2 or more dimensions can have a Gram matrix: an
+    ``(out, ...)`` weight is solved as ``(out, in)`` with ``in`` the product of the other
+    dimensions (a convolution's ``weight.flatten(1)``, as :func:`input_grams` orders its patches).
 
     >>> import torch
     >>> taus = [{"w": torch.tensor([[1.0, 2.0]])}, {"w": torch.tensor([[3.0, -2.0]])}]
@@ -532,12 +551,13 @@ def refit_to_masks(taus: Sequence[StateDict], masks: Sequence[Mapping[str, Tenso
                 if key not in taus[0]:
                     raise ValueError(f"grams[{t}] has key {key!r}, which the task vectors lack")
                 shape = tuple(taus[0][key].shape)
-                if len(shape) != 2:
-                    raise ValueError(f"grams[{t}][{key!r}]: only a 2-D (out, in) weight has a Gram matrix of "
-                                     f"its inputs, this one has shape {shape}; leave it out of grams")
-                if not isinstance(mat, Tensor) or tuple(mat.shape) != (shape[1], shape[1]):
+                if len(shape) < 2:
+                    raise ValueError(f"grams[{t}][{key!r}]: only an (out, in, ...) weight has a Gram matrix "
+                                     f"of its inputs, this one has shape {shape}; leave it out of grams")
+                n_in = int(torch.Size(shape[1:]).numel())
+                if not isinstance(mat, Tensor) or tuple(mat.shape) != (n_in, n_in):
                     got = tuple(mat.shape) if isinstance(mat, Tensor) else type(mat).__name__
-                    raise ValueError(f"grams[{t}][{key!r}] must be a ({shape[1]}, {shape[1]}) tensor for the "
+                    raise ValueError(f"grams[{t}][{key!r}] must be a ({n_in}, {n_in}) tensor for the "
                                      f"{shape} weight (the Gram matrix of its inputs), got {got}")
                 if not torch.isfinite(mat).all():
                     raise ValueError(f"grams[{t}][{key!r}] contains NaN or inf")
@@ -551,6 +571,7 @@ def refit_to_masks(taus: Sequence[StateDict], masks: Sequence[Mapping[str, Tenso
             out[key] = ((m * tau).sum(dim=0) / kept.clamp(min=1.0)).to(work)
             continue
         g = torch.stack([gr[key].to(device=tau.device, dtype=torch.float64) for gr in grams])  # (T, in, in)
+        tau, m = tau.flatten(2), m.flatten(2)                                  # (T, out, in)
         rows = []
         for start in range(0, tau.shape[1], 64):  # row blocks bound the (rows, in, in) systems' memory
             mr, tr = m[:, start:start + 64], tau[:, start:start + 64]        # (T, R, in)
@@ -559,7 +580,7 @@ def refit_to_masks(taus: Sequence[StateDict], masks: Sequence[Mapping[str, Tenso
             scale = torch.diagonal(a, dim1=-2, dim2=-1).mean(dim=-1).clamp(min=1e-12)
             a = a + (ridge * scale)[:, None, None] * torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
             rows.append(torch.linalg.solve(a, b))
-        out[key] = torch.cat(rows).to(work)
+        out[key] = torch.cat(rows).view(first.shape).to(work)
     return out
 
 

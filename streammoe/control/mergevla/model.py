@@ -625,6 +625,10 @@ class TinyVLA(nn.Module):
         return ("action_expert.queries", "action_expert.proprio.", *extra,
                 *(f"action_expert.blocks.{i}." for i in range(self.cfg.n_layers - 1)))
 
+    def vision_encoder_prefix(self) -> str:
+        """The state-dict key prefix of the vision encoder (what ``expert.train_vision`` trains)."""
+        return "embed.vision."
+
     def is_expert_head_key(self, key: str) -> bool:
         return key.startswith(self.expert_head_prefixes())
 
