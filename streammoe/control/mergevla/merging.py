@@ -43,7 +43,8 @@ fixed, the shared vector is re-solved so that each task's masked model reproduce
 own inputs, the outputs of its expert: ``tau_MTL = argmin_tau sum_t sum_x ||(mask_t * tau - tau_t) x||^2``
 over every linear layer (RegMean's objective, Jin et al., 2023, "Dataless knowledge fusion by
 merging weights of language models", with the masks inside), closed form per output row from each
-task's Gram matrix of the layer's inputs ``E[x x^T]`` (:func:`input_grams`). The stored artefacts
+task's Gram matrix of the layer's inputs ``E[x x^T]`` (:func:`input_grams`; a convolution's of the
+image patches it reads, its weight solved as ``weight.flatten(1)``). The stored artefacts
 stay one shared vector plus one bool mask per task; no gradient step is taken. Keys without a Gram
 matrix get the identity one: each entry is the mean of the tasks whose mask keeps it.
 
@@ -445,8 +446,8 @@ def input_grams(model: nn.Module, keys: Iterable[str], batches: Iterable[Any],
     dimensions (e.g. real tokens, not padding); only those rows count. A convolution is a linear
     map of its input patches, so its rows are the patches it reads (``F.unfold`` with its kernel,
     stride, padding and dilation; every position counts, ``valid`` does not apply), ``in`` being
-    ``in_channels * kh * kw``, the order of ``weight.flatten(1)``; grouped convolutions are
-    refused. No gradients; the model is left as it was.
+    ``in_channels * kh * kw``, the order of ``weight.flatten(1)``; grouped convolutions and
+    string or non-zero padding are refused. No gradients; the model is left as it was.
 
     >>> import torch
     >>> lin = torch.nn.Linear(2, 1)
