@@ -267,8 +267,9 @@ def train_expert(model_cfg: VLAConfig, base: Mapping[str, Tensor], data: SuiteDa
         eva = {n: c for n, c in eva.items() if n in keep}  # the others keep PEFT's default A
     model = add_lora(model, rank=lora_rank, alpha=lora_alpha, target=lora_target, eva=eva).to(device)
     if train_vision:
-        for p in model.embed.vision.parameters():
-            p.requires_grad_(True)
+        for name, p in model.named_parameters():
+            if name.startswith(model.vision_encoder_prefix()):
+                p.requires_grad_(True)
     shared = model.shared_action_expert_prefixes()
     own = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith(shared)]
     common = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith(shared)]
