@@ -13,7 +13,15 @@ user has before evaluating) and its accuracy and confusion matrix are recorded. 
   projection (``layer`` 0 .. n_layers-1);
 * ``k`` in 4, 8 right singular vectors; merges TIES + masks and task arithmetic + masks;
 * ``--tokens``: the scores of every real token (``all``, the reference) or of the instruction's
-  words only (``instruction``) averaged.
+  words only (``instruction``) averaged;
+* ``--discriminative``: 0 (the top-``k`` directions themselves) or ``n``: per suite the ``n`` of
+  them the other suites' bases hold least (``router.discriminative``, ``--ridge``).
+
+``--sources`` and ``--layers`` narrow the grid. Besides accuracy each row has the routing margin
+of every demonstration, ``(r_true - max_other r) / scale`` with ``scale`` the mean over the
+demonstrations of the scores' standard deviation across suites (so settings whose scores live on
+different scales compare): ``margin_min`` (the closest call; < 0 is a mistake) and
+``margin_mean``, and per task the smallest margin.
 
 It also records how much the experts' task vectors share input directions (``task_vector_overlap``:
 per backbone weight, the mean cosine of the principal angles between two experts' top-8 right
@@ -43,6 +51,13 @@ def main() -> None:
     parser.add_argument("--merges", nargs="+", default=["ties+mask/router", "task_arithmetic+mask/router"])
     parser.add_argument("--tokens", nargs="+", default=["all"], choices=["all", "instruction"],
                         help="the tokens whose scores the router averages (router.tokens)")
+    parser.add_argument("--discriminative", nargs="+", type=int, default=[0],
+                        help="router.discriminative values (0: the top-k directions themselves)")
+    parser.add_argument("--ridge", nargs="+", type=float, default=[1e-3], help="router.ridge values")
+    parser.add_argument("--sources", nargs="+", default=["last_shared_value", "lora_task_vector"],
+                        choices=["last_shared_value", "lora_task_vector"])
+    parser.add_argument("--layers", nargs="+", type=int, default=None,
+                        help="backbone layers of lora_task_vector (default: every layer)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (after --)")
     args = parser.parse_args()
@@ -64,13 +79,14 @@ def main() -> None:
         pipe = Pipeline(cfg.mergevla, args.seed, torch.device("cpu"))
         _, data, _ = pipe.demos()
         keys = ("image" if cfg.mergevla.vision else "state", "proprio", "instruction")
-        first, labels = {k: [] for k in keys}, []
+        first, labels, task_names = {k: [] for k in keys}, [], []
         for s, suite in enumerate(pipe.suites):
             d = data[suite]
             at = np.flatnonzero(d.step == 0)  # each demonstration's first observation
             for k in keys:
                 first[k].append(torch.from_numpy(d.obs[k][at]))
             labels += [s] * len(at)
+            task_names += [d.tasks[i] for i in d.task_index[at]]
         obs = {k: torch.cat(v) for k, v in first.items()}
         n_layers = int(cfg.mergevla.model.n_layers)
         # how much the experts' task vectors share their input directions: the mean cosine of the
@@ -86,25 +102,42 @@ def main() -> None:
             print(f"{init:8s} task-vector input-subspace overlap {key}: {np.mean(pairs):.2f} "
                   f"({min(pairs):.2f}-{max(pairs):.2f})", flush=True)
         overlaps[init] = overlap
-        grid = [("last_shared_value", None)] + [("lora_task_vector", layer) for layer in range(n_layers)]
+        layers = range(n_layers) if args.layers is None else args.layers
+        grid = ([("last_shared_value", None)] if "last_shared_value" in args.sources else []) + (
+            [("lora_task_vector", layer) for layer in layers] if "lora_task_vector" in args.sources else [])
+        settings = [(k, tokens, n, ridge) for k in args.k for tokens in args.tokens
+                    for n in args.discriminative if n <= k for ridge in (args.ridge if n else args.ridge[:1])]
+        true = np.asarray(labels)
         for variant in args.merges:
             for source, layer in grid:
-                for k in args.k:
-                    for tokens in args.tokens:
-                        pipe.c.router.source, pipe.c.router.k, pipe.c.router.tokens = source, k, tokens
-                        pipe.c.router.layer = 0 if layer is None else layer
-                        policy, _ = pipe.policy("cross_attention", variant)
-                        chosen = policy.route_batch(obs).tasks.reshape(-1)
-                        acc = float((chosen.numpy() == np.asarray(labels)).mean())
-                        cm = confusion_matrix(labels, chosen, len(pipe.suites)).tolist()
-                        rows.append({"lora_init": init, "variant": variant, "source": source, "layer": layer,
-                                     "k": k, "tokens": tokens, "accuracy": acc, "confusion": cm,
-                                     "episodes": len(labels)})
-                        table.append({"lora_init": init, "variant": variant, "source": source,
-                                      "layer": "" if layer is None else layer, "k": k, "tokens": tokens,
-                                      "router acc %": 100 * acc})
-                        print(f"{init:8s} {variant:28s} {source:18s} layer={layer} k={k} tokens={tokens}: "
-                              f"{100 * acc:.1f} %", flush=True)
+                for k, tokens, n, ridge in settings:
+                    r = pipe.c.router
+                    r.source, r.k, r.tokens, r.discriminative, r.ridge = source, k, tokens, n, ridge
+                    r.layer = 0 if layer is None else layer
+                    policy, _ = pipe.policy("cross_attention", variant)
+                    route = policy.route_batch(obs)
+                    chosen = route.tasks.reshape(-1)
+                    acc = float((chosen.numpy() == true).mean())
+                    cm = confusion_matrix(labels, chosen, len(pipe.suites)).tolist()
+                    scores = route.scores.reshape(len(labels), -1).double().numpy()
+                    own = scores[np.arange(len(true)), true]
+                    others = np.where(np.eye(scores.shape[1], dtype=bool)[true], -np.inf, scores).max(1)
+                    margin = (own - others) / scores.std(axis=1).mean()
+                    per_task = {t: float(margin[np.asarray(task_names) == t].min()) for t in dict.fromkeys(task_names)}
+                    rows.append({"lora_init": init, "variant": variant, "source": source, "layer": layer,
+                                 "k": k, "tokens": tokens, "discriminative": n, "ridge": ridge if n else None,
+                                 "accuracy": acc, "confusion": cm, "episodes": len(labels),
+                                 "margin_min": float(margin.min()), "margin_mean": float(margin.mean()),
+                                 "margin_min_per_task": per_task})
+                    worst = min(per_task, key=per_task.get)
+                    table.append({"lora_init": init, "variant": variant, "source": source,
+                                  "layer": "" if layer is None else layer, "k": k, "tokens": tokens,
+                                  "discriminative": n, "ridge": ridge if n else "",
+                                  "router acc %": 100 * acc, "margin min": float(margin.min()),
+                                  "margin mean": float(margin.mean()), "closest": worst})
+                    print(f"{init:8s} {variant:28s} {source:18s} layer={layer} k={k} tokens={tokens} "
+                          f"discriminative={n} ridge={ridge if n else '-'}: {100 * acc:.1f} %, margin min "
+                          f"{margin.min():+.3f} ({worst}) mean {margin.mean():+.3f}", flush=True)
     print(format_table(table))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"seed": args.seed, "experiment": args.experiment,

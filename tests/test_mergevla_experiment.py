@@ -210,10 +210,10 @@ def test_the_state_preset_is_the_image_pipeline_without_its_image_settings():
     assert not state.mergevla.vision and not state.mergevla.expert.train_vision
     assert state.mergevla.model.keypoints == 0 and state.mergevla.expert.steps == 1500
     differ = {k for k in image.mergevla if image.mergevla[k] != state.mergevla[k]}
-    assert differ == {"vision", "model", "expert", "merge"}
+    assert differ == {"vision", "model", "expert", "merge", "router"}
     before = compose_config(["experiment=mergevla", "mergevla.vision=false", "mergevla.model.keypoints=0",
                              "mergevla.expert.steps=1500", "mergevla.expert.train_vision=false",
-                             "mergevla.merge.refit_vision=false"])
+                             "mergevla.merge.refit_vision=false", "mergevla.router.discriminative=0"])
     assert OmegaConf.to_container(before.mergevla) == OmegaConf.to_container(state.mergevla)
 
 
@@ -613,3 +613,33 @@ def test_refit_vision_refits_the_trained_encoder_and_only_its_runs_change_finger
     assert "refit_vision" not in specs[False] and specs[True]["refit_vision"] is True
     for variant in ("experts/oracle", "ties+mask/router"):  # no refit: the switch changes nothing there
         assert pipes[True]._eval_spec(head, variant) == pipes[False]._eval_spec(head, variant)
+
+
+def test_discriminative_router_changes_only_routed_fingerprints(tmp_path):
+    """``router.discriminative``: the routed variants' policies get the suites' distinctive
+    directions (unit columns, n per suite); at 0 (and for every variant that does not route) the
+    setting stays out of the evaluation's fingerprint, so the cached evaluations stay valid."""
+    from streammoe.control.mergevla.experiment import Pipeline
+
+    over = ["experiment=mergevla_smoke", f"mergevla.data_dir={tmp_path / 'cache'}"]
+    head = "cross_attention"
+    pipes = {n: Pipeline(compose_config([*over, f"mergevla.router.discriminative={n}"]).mergevla, 0,
+                         torch.device("cpu")) for n in (0, 1)}
+    plain, _ = pipes[0].policy(head, "ties+mask/router")
+    distinct, _ = pipes[1].policy(head, "ties+mask/router")
+    assert [b.shape[1] for b in plain.router.bases] == [2] * len(pipes[0].suites)
+    assert [b.shape[1] for b in distinct.router.bases] == [1] * len(pipes[1].suites)
+    projectors = [p.double() @ p.double().T for p in plain.router.bases]
+    mean = sum(projectors) / len(projectors) + 1e-3 * torch.eye(projectors[0].shape[0], dtype=torch.float64)
+
+    def quotient(t: int, v: torch.Tensor) -> torch.Tensor:  # how much more suite t reads v than all do
+        v = v.double()
+        return (v * (projectors[t] @ v)).sum(0) / (v * (mean @ v)).sum(0)
+
+    for t, (p, d) in enumerate(zip(plain.router.bases, distinct.router.bases)):
+        assert float(quotient(t, d)[0]) >= float(quotient(t, p).max()) - 1e-6
+    specs = {n: pipe._eval_spec(head, "ties+mask/router")[1]["router"] for n, pipe in pipes.items()}
+    assert "discriminative" not in specs[0] and "ridge" not in specs[0]
+    assert specs[1]["discriminative"] == 1 and specs[1]["ridge"] > 0
+    for variant in ("experts/oracle", "ties+mask/oracle", "naive_full/single"):
+        assert pipes[0]._eval_spec(head, variant) == pipes[1]._eval_spec(head, variant)

@@ -10,6 +10,7 @@ from streammoe.control.mergevla.router import (
     Route,
     TestTimeTaskRouter,
     confusion_matrix,
+    discriminative_bases,
     route_scores,
     value_basis,
 )
@@ -183,3 +184,71 @@ def test_confusion_matrix_counts():
     cm = confusion_matrix(torch.tensor([0, 0, 1, 2, 2, 2]), [0, 1, 1, 2, 0, 2], 3)
     assert cm.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
     assert confusion_matrix([], [], 2).tolist() == [[0, 0], [0, 0]]
+
+
+def _shared_word_tasks():
+    """Two tasks in R^6 whose bases both read a 'common word' direction ``c`` = e5: task 0 spans
+    (e0, c); task 1 spans (e1, u) with u half on c. A task-1 instruction is five common words and
+    one word of its own (e1)."""
+    e = torch.eye(6, dtype=torch.float64)
+    u = (e[5] + e[3]) / 2 ** 0.5
+    bases = [torch.stack([e[0], e[5]], 1), torch.stack([e[1], u], 1)]
+    h = torch.stack([e[5]] * 5 + [e[1]])
+    return bases, h, e
+
+
+def test_discriminative_bases_keep_what_only_their_task_reads():
+    bases, h, e = _shared_word_tasks()
+    plain = route_scores(h, bases)
+    assert int(plain.argmax()) == 0  # the common word, read fully by task 0, outvotes e1
+    d = discriminative_bases(bases, k=1)
+    assert torch.allclose(d[0].abs().squeeze(1), e[0], atol=1e-6)
+    assert torch.allclose(d[1].abs().squeeze(1), e[1], atol=1e-6)
+    scores = route_scores(h, d)
+    assert int(scores.argmax()) == 1 and float(scores[0]) < 1e-6  # c carries no vote now
+    router = TestTimeTaskRouter(d)
+    assert router.route(lambda t: h).task == 1
+    # two directions: the second is what remains of each basis, now ranked after the distinctive one
+    d2 = discriminative_bases(bases, k=2)
+    assert all(b.shape == (6, 2) for b in d2)
+    assert all(torch.allclose(torch.linalg.vector_norm(b, dim=0), torch.ones(2, dtype=b.dtype)) for b in d2)
+
+
+def test_discriminative_bases_depend_on_the_subspaces_not_their_coordinates():
+    weights, blocks, g = _subspace_tasks(seed=3)
+    shared = torch.linalg.qr(torch.randn(D_IN, 2, generator=g))[0]  # two directions every task reads
+    bases = [torch.linalg.qr(torch.cat([b[:, :2], shared], 1))[0] for b in blocks]
+    rotated = []
+    for b in bases:
+        q, _ = torch.linalg.qr(torch.randn(4, 4, generator=g))
+        rotated.append(b @ q)  # the same subspace in other coordinates
+    a, r = discriminative_bases(bases, k=2), discriminative_bases(rotated, k=2)
+    for x, y in zip(a, r):
+        assert torch.allclose(x @ x.T, y @ y.T, atol=1e-4)
+        assert torch.linalg.vector_norm(shared.T @ x) < 1e-3  # nothing of the shared directions
+    # and through the router's constructor: k=2 of each expert's own block
+    router = TestTimeTaskRouter.from_value_projections(weights, k=K, discriminative=2)
+    assert all(b.shape == (D_IN, 2) for b in router.bases)
+    for t, block in enumerate(blocks):
+        h = torch.randn(6, K, generator=g) @ block.T
+        assert router.route(lambda task, h=h: h).task == t
+
+
+def test_discriminative_bases_validate_their_input():
+    bases, _, _ = _shared_word_tasks()
+    with pytest.raises(ValueError, match="choose k <= 2"):
+        discriminative_bases(bases, k=3)
+    for k in (0, -1, True, 1.5):
+        with pytest.raises(ValueError, match="k must be an integer"):
+            discriminative_bases(bases, k=k)
+    for ridge in (0.0, -1.0, float("nan"), float("inf"), True):
+        with pytest.raises(ValueError, match="ridge must be a finite number > 0"):
+            discriminative_bases(bases, k=1, ridge=ridge)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        discriminative_bases([bases[0], torch.full_like(bases[1], float("nan"))], k=1)
+    weights, _, _ = _subspace_tasks()
+    for n in (-1, True, 2.0):
+        with pytest.raises(ValueError, match="discriminative must be an integer >= 0"):
+            TestTimeTaskRouter.from_value_projections(weights, k=K, discriminative=n)
+    with pytest.raises(ValueError, match="choose k <= 4"):
+        TestTimeTaskRouter.from_value_projections(weights, k=K, discriminative=K + 1)

@@ -203,9 +203,18 @@ class RouterSettings:
     source: str = MISSING         # last_shared_value (the reference) | lora_task_vector
     layer: int = MISSING          # backbone layer of lora_task_vector
     tokens: str = MISSING         # all | instruction: the tokens whose scores are averaged
+    discriminative: int = MISSING  # 0: the top-k directions (the reference); n: n of them per suite
+                                   # that the other suites' bases hold least (discriminative_bases)
+    ridge: float = MISSING        # of discriminative_bases
 
     def check(self, at: str) -> None:
         at_least(f"{at}k", self.k, 1)
+        at_least(f"{at}discriminative", self.discriminative, 0)
+        greater_than(f"{at}ridge", self.ridge, 0.0)
+        if self.discriminative > self.k:
+            raise ConfigError(f"{at}discriminative={self.discriminative} exceeds {at}k={self.k}: a suite's "
+                              f"distinctive directions are taken from its k-dimensional basis; choose "
+                              f"{at}discriminative <= {at}k (0 switches it off)")
         greater_than(f"{at}temperature", self.temperature, 0.0)
         one_of(f"{at}source", self.source, ROUTER_SOURCES)
         at_least(f"{at}layer", self.layer, 0)

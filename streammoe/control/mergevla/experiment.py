@@ -100,9 +100,14 @@ def _model_settings(cfg: VLAConfig) -> dict[str, Any]:
     return _without_legacy(cfg.to_dict(), {"keypoints": 0})
 
 
-def _router_settings(router: DictConfig) -> dict[str, Any]:
-    """The router's part of an evaluation's settings."""
-    return _without_legacy(OmegaConf.to_container(router, resolve=True), {"tokens": "all"})
+def _router_settings(router: DictConfig, routed: bool) -> dict[str, Any]:
+    """The router's part of an evaluation's settings (``routed``: the variant uses the router;
+    settings added since then enter only the fingerprints they change)."""
+    settings = OmegaConf.to_container(router, resolve=True)
+    if not routed or not settings["discriminative"]:
+        settings.pop("discriminative")
+        settings.pop("ridge")
+    return _without_legacy(settings, {"tokens": "all"})
 
 
 def _train_settings(section: DictConfig) -> TrainSettings:
@@ -318,7 +323,8 @@ class Pipeline:
             else:  # the reference: the last shared action-expert block's value projection
                 weights = [sd[models[0].value_projection_key()] for sd in experts]
             router = TestTimeTaskRouter.from_value_projections(
-                weights, k=int(r.k), temperature=float(r.temperature), tasks=self.suites)
+                weights, k=int(r.k), discriminative=int(r.discriminative), ridge=float(r.ridge),
+                temperature=float(r.temperature), tasks=self.suites)
         return SuitePolicy(models, self.suites, route, router, router_layer=layer,
                            router_tokens=str(self.c.router.tokens)), merged
 
@@ -330,7 +336,7 @@ class Pipeline:
             merge.pop("refit_vision")  # no effect on the variant (the files made before it stay valid)
         settings = {"variant": variant, "head": action_head, "variations": self.heldout_variations(),
                     "merge": merge,
-                    "router": _router_settings(self.c.router),
+                    "router": _router_settings(self.c.router, variant_parts(variant).route == "router"),
                     "vision": bool(self.c.vision), "image_size": int(self.c.image_size),
                     "camera": str(self.c.camera), "tasks": list(self.tasks)}
         return f"eval_s{self.seed}", settings, fps

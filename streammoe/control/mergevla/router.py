@@ -39,7 +39,8 @@ from torch import Tensor
 
 from streammoe.routing import RoutingStats, softmax_gate, top_k_indices
 
-__all__ = ["Route", "TestTimeTaskRouter", "confusion_matrix", "route_scores", "value_basis"]
+__all__ = ["Route", "TestTimeTaskRouter", "confusion_matrix", "discriminative_bases", "route_scores",
+           "value_basis"]
 
 DEFAULT_K = 8  # singular vectors per task, as in MergeVLA
 
@@ -94,6 +95,46 @@ def _check_bases(bases: Tensor | Sequence[Tensor]) -> list[Tensor]:
         if b.shape[0] != d_in:
             raise ValueError(f"bases[{t}] is {tuple(b.shape)} but bases[0] is {tuple(out[0].shape)}: every "
                              "task's basis must live in the same input space (d_in rows)")
+    return out
+
+
+def discriminative_bases(bases: Tensor | Sequence[Tensor], k: int, ridge: float = 1e-3) -> list[Tensor]:
+    """Each task's ``k`` input directions that its basis reads most relative to all the bases.
+
+    With ``P_t = V_t V_t^T`` the projector on task ``t``'s basis (orthonormal columns, as
+    :func:`value_basis` makes them) and ``Pbar`` their mean over tasks, a direction ``v`` scores
+    the generalised Rayleigh quotient ``v^T P_t v / v^T (Pbar + ridge I) v``: about ``n_tasks``
+    for a direction only ``t``'s basis reads, 1 for one every basis reads (a word or feature every
+    task reads adds about the same to every score and only blurs the choice). The task's new
+    basis is its top-``k`` generalised eigenvectors (``(d_in, k)``, unit columns, float64 inside):
+    like LDA's directions they are filters, not necessarily inside ``V_t``'s span. ``ridge``
+    (> 0) keeps ``Pbar + ridge I`` invertible where no basis reaches.
+
+    >>> import torch
+    >>> e = torch.eye(3)
+    >>> d = discriminative_bases([e[:, :2], e[:, 1:]], k=1)   # task 0 spans e0, e1; task 1 e1, e2
+    >>> d[0].abs().T.tolist(), d[1].abs().T.tolist()
+    ([[1.0, 0.0, 0.0]], [[0.0, 0.0, 1.0]])
+    """
+    bases = _check_bases(bases)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    if not (isinstance(ridge, (int, float)) and not isinstance(ridge, bool) and 0 < ridge < float("inf")):
+        raise ValueError(f"ridge must be a finite number > 0, got {ridge!r}")
+    for t, b in enumerate(bases):
+        if k > b.shape[1]:
+            raise ValueError(f"k={k} exceeds task {t}'s basis of {b.shape[1]} directions: a task has at "
+                             f"most that many directions of its own; choose k <= {b.shape[1]}")
+    d_in = bases[0].shape[0]
+    projectors = [b.double() @ b.double().T for b in bases]
+    mean = sum(projectors) / len(projectors) + ridge * torch.eye(d_in, dtype=torch.float64)
+    chol = torch.linalg.cholesky(mean)
+    inv = torch.linalg.solve_triangular(chol, torch.eye(d_in, dtype=torch.float64), upper=False)
+    out = []
+    for b, p in zip(bases, projectors):
+        _, vecs = torch.linalg.eigh(inv @ p @ inv.T)           # ascending eigenvalues
+        v = inv.T @ vecs[:, -k:].flip(-1)                      # back from the whitened space
+        out.append((v / torch.linalg.vector_norm(v, dim=0)).to(b.dtype).contiguous())
     return out
 
 
@@ -226,9 +267,16 @@ class TestTimeTaskRouter:
         self.reset()
 
     @classmethod
-    def from_value_projections(cls, weights: Sequence[Tensor], k: int = DEFAULT_K,
+    def from_value_projections(cls, weights: Sequence[Tensor], k: int = DEFAULT_K, *,
+                               discriminative: int = 0, ridge: float = 1e-3,
                                **kwargs: Any) -> TestTimeTaskRouter:
-        """One basis per task from that expert's value-projection weight ``(d_out, d_in)``."""
+        """One basis per task from that expert's value-projection weight ``(d_out, d_in)``:
+        its top-``k`` right singular vectors (the reference), or with ``discriminative`` > 0 that
+        many of their directions the other tasks' bases hold least
+        (:func:`discriminative_bases` with ``ridge``)."""
+        if isinstance(discriminative, bool) or not isinstance(discriminative, int) or discriminative < 0:
+            raise ValueError(f"discriminative must be an integer >= 0 (0: the top-k singular vectors "
+                             f"themselves), got {discriminative!r}")
         if isinstance(weights, Tensor) or not isinstance(weights, Sequence) or len(weights) == 0:
             raise ValueError("weights must be a non-empty list of (d_out, d_in) value projections, "
                              "one per task")
@@ -238,12 +286,16 @@ class TestTimeTaskRouter:
                 bases.append(value_basis(W, k))
             except (TypeError, ValueError) as err:
                 raise type(err)(f"task {t}: {err}") from None
+        if discriminative:
+            bases = discriminative_bases(bases, discriminative, ridge)
         return cls(bases, **kwargs)
 
     @classmethod
     def from_state_dicts(cls, experts: Sequence[Mapping[str, Tensor]], key: str, k: int = DEFAULT_K,
                          **kwargs: Any) -> TestTimeTaskRouter:
-        """Bases from each expert state dict's ``key`` (e.g. ``TinyVLA.value_projection_key()``)."""
+        """Bases from each expert state dict's ``key`` (e.g. ``TinyVLA.value_projection_key()``);
+        ``kwargs`` go to :meth:`from_value_projections` (``discriminative``, ``ridge``, the
+        constructor's)."""
         if isinstance(experts, Mapping) or not isinstance(experts, Sequence):
             raise TypeError("experts must be a list of state dicts, one per task")
         for t, sd in enumerate(experts):
