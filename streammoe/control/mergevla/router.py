@@ -10,6 +10,9 @@ weight reads under mask ``t``, and the task's score is
 
     ``r_t = mean over tokens of ||V_t^T h_t||``            (:func:`route_scores`)
 
+With ``discriminative=n`` (:meth:`TestTimeTaskRouter.from_value_projections`) each ``V_t`` is
+replaced by the ``n`` directions it reads most relative to all the bases
+(:func:`discriminative_bases`), so what every task reads stops adding to every score alike.
 The router picks ``argmax_t r_t``, with confidence ``softmax(r / temperature)`` of that task
 (the router core's :func:`~streammoe.routing.softmax_gate` and
 :func:`~streammoe.routing.top_k_indices`), records the choice in a
