@@ -14,8 +14,8 @@ user has before evaluating) and its accuracy and confusion matrix are recorded. 
 * ``k`` in 4, 8 right singular vectors; merges TIES + masks and task arithmetic + masks;
 * ``--tokens``: the scores of every real token (``all``, the reference) or of the instruction's
   words only (``instruction``) averaged;
-* ``--discriminative``: 0 (the top-``k`` directions themselves) or ``n``: per suite the ``n`` of
-  them the other suites' bases hold least (``router.discriminative``, ``--ridge``).
+* ``--discriminative``: 0 (the top-``k`` directions themselves) or ``n``: per suite the ``n``
+  directions its basis reads most relative to all suites' (``router.discriminative``, ``--ridge``).
 
 ``--sources`` and ``--layers`` narrow the grid. Besides accuracy each row has the routing margin
 of every demonstration, ``(r_true - max_other r) / scale`` with ``scale`` the mean over the

@@ -203,8 +203,8 @@ class RouterSettings:
     source: str = MISSING         # last_shared_value (the reference) | lora_task_vector
     layer: int = MISSING          # backbone layer of lora_task_vector
     tokens: str = MISSING         # all | instruction: the tokens whose scores are averaged
-    discriminative: int = MISSING  # 0: the top-k directions (the reference); n: n of them per suite
-                                   # that the other suites' bases hold least (discriminative_bases)
+    discriminative: int = MISSING  # 0: the top-k directions (the reference); n: the n directions each
+                                   # suite's basis reads most relative to all (discriminative_bases)
     ridge: float = MISSING        # of discriminative_bases
 
     def check(self, at: str) -> None:

@@ -275,7 +275,7 @@ class TestTimeTaskRouter:
                                **kwargs: Any) -> TestTimeTaskRouter:
         """One basis per task from that expert's value-projection weight ``(d_out, d_in)``:
         its top-``k`` right singular vectors (the reference), or with ``discriminative`` > 0 that
-        many of their directions the other tasks' bases hold least
+        many directions each task's basis reads most relative to all the bases
         (:func:`discriminative_bases` with ``ridge``)."""
         if isinstance(discriminative, bool) or not isinstance(discriminative, int) or discriminative < 0:
             raise ValueError(f"discriminative must be an integer >= 0 (0: the top-k singular vectors "
