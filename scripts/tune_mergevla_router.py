@@ -107,7 +107,7 @@ def main() -> None:
             [("lora_task_vector", layer) for layer in layers] if "lora_task_vector" in args.sources else [])
         settings = [(k, tokens, n, ridge) for k in args.k for tokens in args.tokens
                     for n in args.discriminative if n <= k for ridge in (args.ridge if n else args.ridge[:1])]
-        true = np.asarray(labels)
+        true, names = np.asarray(labels), np.asarray(task_names)
         for variant in args.merges:
             for source, layer in grid:
                 for k, tokens, n, ridge in settings:
@@ -123,7 +123,7 @@ def main() -> None:
                     own = scores[np.arange(len(true)), true]
                     others = np.where(np.eye(scores.shape[1], dtype=bool)[true], -np.inf, scores).max(1)
                     margin = (own - others) / scores.std(axis=1).mean()
-                    per_task = {t: float(margin[np.asarray(task_names) == t].min()) for t in dict.fromkeys(task_names)}
+                    per_task = {t: float(margin[names == t].min()) for t in dict.fromkeys(task_names)}
                     rows.append({"lora_init": init, "variant": variant, "source": source, "layer": layer,
                                  "k": k, "tokens": tokens, "discriminative": n, "ridge": ridge if n else None,
                                  "accuracy": acc, "confusion": cm, "episodes": len(labels),

@@ -331,12 +331,13 @@ class Pipeline:
     def _eval_spec(self, action_head: str, variant: str) -> tuple[str, dict[str, Any], list[str]]:
         """A variant's evaluation stage ``(name, settings, inputs)``."""
         fps = [stage_fingerprint(*self._expert_spec(action_head, suite)) for suite in self.suites]
+        parts = variant_parts(variant)
         merge = OmegaConf.to_container(self.c.merge, resolve=True)
-        if not (variant_parts(variant).refit and merge["refit_vision"]):
+        if not (parts.refit and merge["refit_vision"]):
             merge.pop("refit_vision")  # no effect on the variant (the files made before it stay valid)
         settings = {"variant": variant, "head": action_head, "variations": self.heldout_variations(),
                     "merge": merge,
-                    "router": _router_settings(self.c.router, variant_parts(variant).route == "router"),
+                    "router": _router_settings(self.c.router, parts.route == "router"),
                     "vision": bool(self.c.vision), "image_size": int(self.c.image_size),
                     "camera": str(self.c.camera), "tasks": list(self.tasks)}
         return f"eval_s{self.seed}", settings, fps

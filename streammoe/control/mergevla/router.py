@@ -60,6 +60,12 @@ def _check_matrix(W: Any, name: str) -> Tensor:
     return W
 
 
+def _check_int(value: Any, name: str, minimum: int, meaning: str = "") -> None:
+    """``value`` must be an ``int`` (not a bool) >= ``minimum``; ``meaning`` explains a value."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}{meaning}, got {value!r}")
+
+
 def value_basis(W_v: Tensor, k: int = DEFAULT_K) -> Tensor:
     """The top-``k`` right singular vectors of a value projection ``W_v`` (``(d_out, d_in)``,
     ``nn.Linear``'s layout) as the columns of a ``(d_in, k)`` matrix (rows of ``Vh`` from
@@ -74,8 +80,7 @@ def value_basis(W_v: Tensor, k: int = DEFAULT_K) -> Tensor:
             [0., 0., 1.]])
     """
     _check_matrix(W_v, "W_v")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    _check_int(k, "k", 1)
     _, s, vh = torch.linalg.svd(W_v.detach().double(), full_matrices=False)
     tol = max(W_v.shape) * torch.finfo(W_v.dtype).eps * (float(s[0]) if s.numel() else 0.0)
     rank = int((s > tol).sum())
@@ -120,8 +125,7 @@ def discriminative_bases(bases: Tensor | Sequence[Tensor], k: int, ridge: float 
     ([[1.0, 0.0, 0.0]], [[0.0, 0.0, 1.0]])
     """
     bases = _check_bases(bases)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    _check_int(k, "k", 1)
     if not (isinstance(ridge, (int, float)) and not isinstance(ridge, bool) and 0 < ridge < float("inf")):
         raise ValueError(f"ridge must be a finite number > 0, got {ridge!r}")
     for t, b in enumerate(bases):
@@ -277,9 +281,7 @@ class TestTimeTaskRouter:
         its top-``k`` right singular vectors (the reference), or with ``discriminative`` > 0 that
         many directions each task's basis reads most relative to all the bases
         (:func:`discriminative_bases` with ``ridge``)."""
-        if isinstance(discriminative, bool) or not isinstance(discriminative, int) or discriminative < 0:
-            raise ValueError(f"discriminative must be an integer >= 0 (0: the top-k singular vectors "
-                             f"themselves), got {discriminative!r}")
+        _check_int(discriminative, "discriminative", 0, " (0: the top-k singular vectors themselves)")
         if isinstance(weights, Tensor) or not isinstance(weights, Sequence) or len(weights) == 0:
             raise ValueError("weights must be a non-empty list of (d_out, d_in) value projections, "
                              "one per task")
