@@ -264,7 +264,8 @@ def timing(experiment: str, overrides: list[str], devices: list[str], steps: int
         policy = SuitePolicy([model.to(device).eval()], ("reach_push",), "single")
         t0 = time.perf_counter()
         res = evaluate(policy, ["reach-v3"], [heldout[0]], vision=bool(c.vision), image_size=int(c.image_size),
-                       camera=str(c.camera), device=device, desc=f"timing {name}")
+                       camera=str(c.camera), device=device, desc=f"timing {name}",
+                       markers=bool(c.markers))
         rows.append({"device": str(device), "train_step_ms": 1000 * float(np.median(secs)),
                      "episode_s": time.perf_counter() - t0, "episode_steps": res.episodes[0].steps,
                      "policy_s": res.seconds["policy"], "simulation_s": res.seconds["simulation"],

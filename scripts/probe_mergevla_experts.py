@@ -73,7 +73,8 @@ def main() -> None:
     success: dict[str, dict[str, float]] = {}
     for name, variations in splits.items():
         result = evaluate(policy, tasks, variations, vision=True, image_size=int(c.image_size),
-                          camera=str(c.camera), device=device, desc=f"experts on {name} variations")
+                          camera=str(c.camera), device=device, desc=f"experts on {name} variations",
+                          markers=bool(c.markers))
         per_task: dict[str, list[bool]] = {}
         for r in result.episodes:
             per_task.setdefault(r.task, []).append(r.success)
@@ -87,7 +88,8 @@ def main() -> None:
     for v in splits["heldout"]:
         # a fresh env per episode, as the evaluation builds them: a reused env's reset(options=...)
         # starts push-v3 a hair differently (a pixel value off here and there)
-        env = MetaWorldTaskEnv(task, v, vision=True, image_size=int(c.image_size), camera=str(c.camera))
+        env = MetaWorldTaskEnv(task, v, vision=True, image_size=int(c.image_size), camera=str(c.camera),
+                               markers=bool(c.markers))
         obs, _ = env.reset()
         target = np.array(_target(env, task), float)
         closest, done, info = np.inf, False, {}

@@ -8,7 +8,8 @@ observation dict every MergeVLA component uses, for data, training and evaluatio
                    camera ``camera`` (default ``"workspace"``, a free camera framing the region
                    of the objects and goal markers; :data:`FREE_CAMERAS`), rendered with
                    shadows, reflections, skybox and multisampling off (about 4x and 3x faster in
-                   software rendering)
+                   software rendering); with ``markers=True`` the goal is drawn with a line down
+                   to the table and a disc at its foot, and the puck in yellow (:func:`draw_markers`)
 ``"state"``        float32 ``(STATE_DIM,)`` = 17, when ``vision=False`` (fast path): Meta-World's
                    object positions/quaternions (14, zero-padded) and the goal position (3), the
                    things the image shows; no hand part
@@ -100,6 +101,15 @@ _RAW_GOAL = slice(36, 39)
 _FAST_RENDER_OFF = (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION,
                     mujoco.mjtRndFlag.mjRND_SKYBOX)
 OFFSCREEN_SAMPLES = 0  # model.vis.quality.offsamples (MuJoCo's default 4: multisample anti-aliasing)
+# markers=True (visual only; the physics and every state are Meta-World's). One camera fixes a ray
+# through a floating goal (reach, pick-place: 5-30 cm above the table), not its depth along it; a
+# line from the goal down to the table and a disc where it meets it show both (the disc the table
+# position, the line the height). The puck, dark red on the brown table, is drawn yellow.
+MARKER_FOOT_RADIUS = 0.03  # m: 3-4 pixels at 64x64 with the workspace camera
+MARKER_LINE_RADIUS = 0.006  # m: a pixel wide
+MARKER_PUCK_RGBA = (1.0, 1.0, 0.2, 1.0)
+_PUCK_GEOM = "objGeom"  # the puck of reach-v3, push-v3 and pick-place-v3 (the object of others)
+_GOAL_SITE = "goal"
 
 
 @cache
@@ -121,13 +131,39 @@ def _check_variation(variation: Any) -> int:
     return int(variation)
 
 
+def draw_markers(scene: mujoco.MjvScene, model: mujoco.MjModel, data: mujoco.MjData) -> int:
+    """Add the goal's markers to a scene made by ``mjv_updateScene``: a disc on the table under
+    the goal site and, when the goal is above the table, a line from the disc up to it, in the
+    goal's colour. Returns how many geoms were added (0 when the model has no goal site or the
+    scene has no room)."""
+    goal = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, _GOAL_SITE)
+    if goal < 0 or scene.ngeom + 2 > scene.maxgeom:
+        return 0
+    top = data.site_xpos[goal].copy()
+    rgba = model.site_rgba[goal].astype(np.float32)
+    foot = np.array([top[0], top[1], 0.001])  # the table top is z = 0
+    mujoco.mjv_initGeom(scene.geoms[scene.ngeom], mujoco.mjtGeom.mjGEOM_CYLINDER,
+                        np.array([MARKER_FOOT_RADIUS, 0.001, 0.0]), foot, np.eye(3).ravel(), rgba)
+    scene.ngeom += 1
+    if top[2] - foot[2] <= 2 * MARKER_LINE_RADIUS:
+        return 1
+    line = scene.geoms[scene.ngeom]
+    mujoco.mjv_initGeom(line, mujoco.mjtGeom.mjGEOM_CAPSULE, np.zeros(3), np.zeros(3),
+                        np.eye(3).ravel(), rgba)
+    mujoco.mjv_connector(line, mujoco.mjtGeom.mjGEOM_CAPSULE, MARKER_LINE_RADIUS, foot, top)
+    scene.ngeom += 1
+    return 2
+
+
 class _Camera:
     """An offscreen MuJoCo renderer of one fixed camera, shadows/reflections/skybox and
     multisampling off, whose images are upright (Meta-World's corner cameras are mounted upside
     down: their images are rotated by 180 degrees, which keeps them unmirrored). ``camera``: a
-    camera of the scene or a name in :data:`FREE_CAMERAS`."""
+    camera of the scene or a name in :data:`FREE_CAMERAS`; ``markers``: :func:`draw_markers`."""
 
-    def __init__(self, model: mujoco.MjModel, camera: str, size: int) -> None:
+    def __init__(self, model: mujoco.MjModel, camera: str, size: int, markers: bool = False) -> None:
+        self.model = model
+        self.markers = bool(markers)
         model.vis.quality.offsamples = OFFSCREEN_SAMPLES  # read when the context is made
         try:
             self.renderer = mujoco.Renderer(model, size, size)
@@ -156,6 +192,8 @@ class _Camera:
 
     def render(self, data: mujoco.MjData) -> np.ndarray:
         self.renderer.update_scene(data, camera=self.camera)
+        if self.markers:
+            draw_markers(self.renderer.scene, self.model, data)
         image = self.renderer.render()
         return np.ascontiguousarray(image[::-1, ::-1] if self._flip else image)
 
@@ -186,6 +224,8 @@ class MetaWorldTaskEnv(gym.Env):
         camera: a camera of Meta-World's scene (``corner``, ``corner2``, ``corner3``, ``corner4``,
             ``topview``, ``behindGripper``, ``gripperPOV``) or one of :data:`FREE_CAMERAS`
             (``workspace``: the objects' region, closer).
+        markers: draw the goal with a line down to the table and a disc at its foot, and the puck
+            in yellow (visual only; see :func:`draw_markers`). Ignored when ``vision=False``.
         terminate_on_success: end the episode (``terminated=True``) at the first success.
         render_mode: ``"rgb_array"``: :meth:`render` returns the camera image at ``render_size``.
         render_size: side of :meth:`render`'s images (default ``image_size``).
@@ -195,7 +235,10 @@ class MetaWorldTaskEnv(gym.Env):
 
     def __init__(self, task: str, variation: int = 0, vision: bool = True, image_size: int = 64,
                  camera: str = DEFAULT_CAMERA, terminate_on_success: bool = True,
-                 render_mode: str | None = None, render_size: int | None = None) -> None:
+                 render_mode: str | None = None, render_size: int | None = None,
+                 markers: bool = False) -> None:
+        if not isinstance(markers, (bool, np.bool_)):
+            raise TypeError(f"markers must be a bool, got {type(markers).__name__} {markers!r}")
         self.task_spec = task_spec(task)
         self.task = task
         self.variation = _check_variation(variation)
@@ -203,6 +246,7 @@ class MetaWorldTaskEnv(gym.Env):
         self.image_size = int(image_size)
         self.render_size = self.image_size if render_size is None else int(render_size)
         self.camera = camera
+        self.markers = bool(markers)
         self.terminate_on_success = bool(terminate_on_success)
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
@@ -221,6 +265,11 @@ class MetaWorldTaskEnv(gym.Env):
         for name, size in (("image_size", self.image_size), ("render_size", self.render_size)):
             if not 8 <= size <= limit:
                 raise ValueError(f"{name} must be in [8, {limit}] (the scene's offscreen buffer), got {size}")
+        if self.markers:
+            puck = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_GEOM, _PUCK_GEOM)
+            if puck >= 0:  # visual only: its material gave the colour, rgba now does
+                model.geom_matid[puck] = -1
+                model.geom_rgba[puck] = MARKER_PUCK_RGBA
         self._mw.set_task(variation_task(task, self.variation))
         self._policy = ENV_POLICY_MAP[task]()
         self._cam: _Camera | None = None
@@ -256,7 +305,7 @@ class MetaWorldTaskEnv(gym.Env):
         obs: dict[str, np.ndarray] = {}
         if self.vision:
             if self._cam is None:
-                self._cam = _Camera(self._mw.model, self.camera, self.image_size)
+                self._cam = _Camera(self._mw.model, self.camera, self.image_size, self.markers)
             obs["image"] = self._cam.render(self._mw.data)
         else:
             obs["state"] = self.object_state()
@@ -353,7 +402,7 @@ class MetaWorldTaskEnv(gym.Env):
         if self.render_mode != "rgb_array":
             return None
         if self._render_cam is None:
-            self._render_cam = _Camera(self._mw.model, self.camera, self.render_size)
+            self._render_cam = _Camera(self._mw.model, self.camera, self.render_size, self.markers)
         return self._render_cam.render(self._mw.data)
 
     def close(self) -> None:

@@ -256,6 +256,7 @@ class MergeVLAConfig:
     vision: bool = MISSING
     image_size: int = MISSING
     camera: str = MISSING
+    markers: bool = MISSING
     demos: DemoSettings = MISSING
     model: ModelSettings = MISSING
     base: BaseSettings = MISSING

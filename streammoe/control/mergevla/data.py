@@ -220,14 +220,16 @@ def collect_demos(tasks: Sequence[str] | None = None, episodes_per_task: int = 1
                   vision: bool = True, image_size: int = 64, camera: str = DEFAULT_CAMERA,
                   action_noise: float = 0.1, seed: int = 0, min_success: float = 0.95,
                   variations: Sequence[int] | None = None, n_heldout: int = 10,
-                  split_seed: int = 0, jobs: int = 1) -> DemoSet:
+                  split_seed: int = 0, jobs: int = 1, markers: bool = False) -> DemoSet:
     """Scripted-expert demonstrations of ``tasks`` (default: every task of every suite).
 
     ``variations``: the variation indices to cycle through (default: the training split of
     ``split_variations(n_heldout, split_seed)``). Each task draws from its own generator
     (``seed`` and the task's position in ``TASK_NAMES``), so adding or dropping a task leaves the
     others' demonstrations unchanged, and ``jobs`` worker processes (tasks split among them)
-    collect the same demonstrations as one."""
+    collect the same demonstrations as one. ``markers``: the images draw the goal's depth
+    markers and a yellow puck (``MetaWorldTaskEnv(markers=...)``); recorded in the settings only
+    when it draws something (images and ``True``), so files made before it stay valid."""
     if isinstance(tasks, str):
         raise TypeError(f"tasks must be a list of task names, got the string {tasks!r}; write [{tasks!r}]")
     tasks = list(TASK_NAMES if tasks is None else tasks)
@@ -241,13 +243,16 @@ def collect_demos(tasks: Sequence[str] | None = None, episodes_per_task: int = 1
                 "variation_pool": pool,
                 "n_heldout": int(n_heldout), "split_seed": int(split_seed),
                 "train_variations": list(train), "heldout_variations": list(heldout)}
+    markers = _markers(markers, vision)
+    if markers:
+        settings["markers"] = True
     episodes: list[Episode] = []
     stats: dict[str, dict[str, Any]] = {}
     dropped: dict[str, float] = {}
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
     args = [(task, episodes_per_task, bool(vision), int(image_size), camera, float(action_noise),
-             int(seed), pool) for task in tasks]
+             int(seed), pool, markers) for task in tasks]
     bar = progress(total=len(tasks), desc="collect demos (tasks)")
     if jobs > 1 and len(tasks) > 1:
         with mp.get_context("spawn").Pool(min(jobs, len(tasks))) as workers:
@@ -278,12 +283,20 @@ def collect_demos(tasks: Sequence[str] | None = None, episodes_per_task: int = 1
     return DemoSet(episodes, stats, dropped, settings)
 
 
-def _collect_task(args: tuple[str, int, bool, int, str, float, int, list[int]]) -> list[Episode]:
+def _markers(markers: Any, vision: bool) -> bool:
+    """``markers`` checked; ``True`` only where it draws something (images)."""
+    if not isinstance(markers, (bool, np.bool_)):
+        raise TypeError(f"markers must be a bool, got {type(markers).__name__} {markers!r}")
+    return bool(markers) and bool(vision)
+
+
+def _collect_task(args: tuple[str, int, bool, int, str, float, int, list[int], bool]) -> list[Episode]:
     """Every episode of one task (its own generator; a worker process's job)."""
-    task, episodes_per_task, vision, image_size, camera, action_noise, seed, pool = args
+    task, episodes_per_task, vision, image_size, camera, action_noise, seed, pool, markers = args
     rng = np.random.default_rng([seed, ALL_TASK_NAMES.index(task)])
     order = rng.permutation(pool)
-    env = MetaWorldTaskEnv(task, int(order[0]), vision=vision, image_size=image_size, camera=camera)
+    env = MetaWorldTaskEnv(task, int(order[0]), vision=vision, image_size=image_size, camera=camera,
+                           markers=markers)
     try:
         return [collect_episode(env, rng, action_noise, int(order[i % len(order)]))
                 for i in range(episodes_per_task)]
@@ -361,7 +374,7 @@ def write_demos(path: str | Path, demos: DemoSet) -> str:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     settings = demos.settings
     env_args = {"env_name": ENV_ID, "type": _GYM_ENV_TYPE,
-                "env_kwargs": {k: settings[k] for k in ("vision", "image_size", "camera")
+                "env_kwargs": {k: settings[k] for k in ("vision", "image_size", "camera", "markers")
                                if k in settings}}
     masks: dict[str, list[str]] = {}
     try:
@@ -542,7 +555,10 @@ def ensure_demos(data_dir: str | Path, **settings: Any) -> tuple[Path, DemoSet]:
         raise TypeError(f"ensure_demos: {e} (it takes collect_demos' keyword arguments)") from e
     bound.apply_defaults()
     jobs = bound.arguments.pop("jobs")  # how, not what: it leaves the file's content and name alone
+    markers = bound.arguments.pop("markers")  # named only when it draws (older files stay valid)
     spec = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in bound.arguments.items()}
+    if _markers(markers, spec["vision"]):
+        spec["markers"] = True
     if spec["tasks"] is None:
         spec["tasks"] = list(TASK_NAMES)
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
@@ -550,7 +566,8 @@ def ensure_demos(data_dir: str | Path, **settings: Any) -> tuple[Path, DemoSet]:
     if not path.is_file():
         write_demos(path, collect_demos(**spec, jobs=jobs))
     demos = read_demos(path)
-    differ = {k: (demos.settings.get(k), v) for k, v in spec.items() if demos.settings.get(k) != v}
+    differ = {k: (demos.settings.get(k), spec.get(k)) for k in sorted({*spec, "markers"})
+              if demos.settings.get(k) != spec.get(k)}
     if differ:
         raise ValueError(f"{path} was collected with other settings (file, asked): {differ}; delete it")
     return path, demos

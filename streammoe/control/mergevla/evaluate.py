@@ -124,10 +124,11 @@ def _stack(obs: Sequence[Mapping[str, np.ndarray]], keys: Sequence[str], device:
 
 def evaluate(policy: SuitePolicy, tasks: Sequence[str], variations: Sequence[int], *, vision: bool,
              image_size: int = 64, camera: str = DEFAULT_CAMERA, device: torch.device | None = None,
-             video_dir: str | Path | None = None, video_size: int = 128, desc: str = "evaluate"
-             ) -> EvalResult:
+             video_dir: str | Path | None = None, video_size: int = 128, desc: str = "evaluate",
+             markers: bool = False) -> EvalResult:
     """One episode per task and variation (see the module docstring). ``video_dir``: one MP4 of
-    the first episode of each suite's first task, ``<video_dir>/<suite>.mp4``."""
+    the first episode of each suite's first task, ``<video_dir>/<suite>.mp4``. ``markers``: as
+    the demonstrations' (``MetaWorldTaskEnv(markers=...)``)."""
     device = device or torch.device("cpu")
     first = "image" if vision else "state"
     keys = (first, "proprio", "instruction")
@@ -140,7 +141,7 @@ def evaluate(policy: SuitePolicy, tasks: Sequence[str], variations: Sequence[int
         film = video_dir is not None and suite not in filmed
         envs = [MetaWorldTaskEnv(task, int(v), vision=vision, image_size=image_size, camera=camera,
                                  render_mode="rgb_array" if film and i == 0 else None,
-                                 render_size=video_size)
+                                 render_size=video_size, markers=markers)
                 for i, v in enumerate(variations)]
         frames: list[np.ndarray] = []
         try:

@@ -137,7 +137,7 @@ class Pipeline:
             path, demos = ensure_demos(
                 self.cache, tasks=[*self.tasks, *self.pretrain_tasks], episodes_per_task=int(d.episodes_per_task),
                 vision=bool(self.c.vision), image_size=int(self.c.image_size), camera=str(self.c.camera),
-                action_noise=float(d.action_noise), seed=int(d.seed), min_success=float(d.min_success),
+                markers=bool(self.c.markers), action_noise=float(d.action_noise), seed=int(d.seed), min_success=float(d.min_success),
                 n_heldout=int(d.n_heldout), split_seed=int(d.split_seed), jobs=int(self.c.jobs))
             data = suite_data(demos.episodes, int(self.c.model.chunk), str(self.c.expert.targets))
             missing = [s for s in self.suites if s not in data]
@@ -295,7 +295,8 @@ class Pipeline:
         return evaluate(policy, self.tasks if tasks is None else tasks, self.heldout_variations(),
                         vision=bool(self.c.vision), image_size=int(self.c.image_size),
                         camera=str(self.c.camera), device=self.device, video_dir=video_dir,
-                        video_size=int(self.c.eval.video_size), desc=desc)
+                        video_size=int(self.c.eval.video_size), desc=desc,
+                        markers=bool(self.c.markers))
 
     def policy(self, action_head: str, variant: str) -> tuple[SuitePolicy, MergedExperts | None]:
         """The policy a variant names (and the merge it came from, if any)."""
@@ -340,6 +341,8 @@ class Pipeline:
                     "router": _router_settings(self.c.router, parts.route == "router"),
                     "vision": bool(self.c.vision), "image_size": int(self.c.image_size),
                     "camera": str(self.c.camera), "tasks": list(self.tasks)}
+        if self.c.markers and self.c.vision:  # named only when it draws (older files stay valid)
+            settings["markers"] = True
         return f"eval_s{self.seed}", settings, fps
 
     def evaluate(self, action_head: str, variant: str, video_dir: Path | None = None
