@@ -10,6 +10,7 @@ import warnings
 
 import gymnasium as gym
 import h5py
+import mujoco
 import numpy as np
 import pytest
 import streammoe_envs
@@ -266,6 +267,57 @@ def test_workspace_camera_frames_the_objects_closer_and_upright() -> None:
     # (black: no skybox) in the top right corner
     assert img[-4:, :, 0].mean() > img[-4:, :, 2].mean() + 20 and img[:3, -3:].max() < 30
     env.close()
+
+
+def test_markers_draw_the_goal_depth_and_puck_and_leave_the_physics_alone() -> None:
+    """markers=True: a floating goal (reach) gets a line and a disc (2 geoms), a goal on the
+    table (plate-slide) a disc only; the puck turns yellow; the simulation is Meta-World's either way."""
+    def run(markers: bool, task: str = "reach-v3"):
+        env = mw.MetaWorldTaskEnv(task, variation=3, vision=True, image_size=64, markers=markers)
+        obs = [env.reset()[0]]
+        for _ in range(3):
+            obs.append(env.step(np.array([0.5, -0.3, 0.2, 1.0], np.float32))[0])
+        raw = env.raw_obs
+        scene = mujoco.MjvScene(env._mw.model, maxgeom=1000)
+        mujoco.mjv_updateScene(env._mw.model, env._mw.data, mujoco.MjvOption(), None,
+                               mujoco.MjvCamera(), mujoco.mjtCatBit.mjCAT_ALL, scene)
+        before = scene.ngeom
+        added = mw.env.draw_markers(scene, env._mw.model, env._mw.data)
+        assert scene.ngeom == before + added
+        env.close()
+        return obs, raw, added
+
+    plain, raw_plain, _ = run(False)
+    marked, raw_marked, added = run(True)
+    assert added == 2 and run(True, "plate-slide-v3")[2] == 1
+    np.testing.assert_array_equal(raw_plain, raw_marked)  # the physics: identical
+    np.testing.assert_array_equal(plain[-1]["proprio"], marked[-1]["proprio"])
+    img_plain, img_marked = plain[0]["image"].astype(int), marked[0]["image"].astype(int)
+    goal_red = lambda im: (im[..., 0] > 150) & (im[..., 1] < 60) & (im[..., 2] < 60)  # noqa: E731
+    yellow = lambda im: (im[..., 0] > 200) & (im[..., 1] > 200) & (im[..., 2] < 120)  # noqa: E731
+    # the line and the disc add goal-coloured pixels below the marker; the puck shows in yellow
+    assert goal_red(img_marked).sum() >= goal_red(img_plain).sum() + 4
+    assert yellow(img_marked).sum() >= 4 and yellow(img_plain).sum() == 0
+    with pytest.raises(TypeError, match="markers must be a bool"):
+        mw.MetaWorldTaskEnv("reach-v3", markers="yes")
+
+
+def test_markers_enter_the_demonstrations_settings_only_when_they_draw(tmp_path) -> None:
+    """Files made before markers existed keep their names: markers=False, or True without images,
+    names the same file; True with images is another file whose settings and env_kwargs say so."""
+    kwargs = dict(tasks=[BUTTON], episodes_per_task=1, vision=False)
+    path, demos = ensure_demos(tmp_path, **kwargs)
+    assert ensure_demos(tmp_path, markers=False, **kwargs)[0] == path
+    assert ensure_demos(tmp_path, markers=True, **kwargs)[0] == path
+    assert "markers" not in demos.settings
+    images = dict(kwargs, vision=True, image_size=16)
+    plain_path, _ = ensure_demos(tmp_path, **images)
+    marked_path, marked = ensure_demos(tmp_path, markers=True, **images)
+    assert marked_path != plain_path and marked.settings["markers"] is True
+    with h5py.File(marked_path) as f:
+        assert '"markers": true' in f["data"].attrs["env_args"]
+    with pytest.raises(TypeError, match="markers must be a bool"):
+        ensure_demos(tmp_path, markers="true", **images)
 
 
 # ----- demonstrations ----------------------------------------------------------------------------

@@ -643,3 +643,21 @@ def test_discriminative_router_changes_only_routed_fingerprints(tmp_path):
     assert specs[1]["discriminative"] == 1 and specs[1]["ridge"] > 0
     for variant in ("experts/oracle", "ties+mask/oracle", "naive_full/single"):
         assert pipes[0]._eval_spec(head, variant) == pipes[1]._eval_spec(head, variant)
+
+
+def test_markers_reach_the_evaluation_and_change_nothing_without_images(tmp_path, monkeypatch):
+    """``mergevla.markers``: the evaluation's envs draw them as the demonstrations' did; on the
+    object state they draw nothing, so the demonstrations and evaluations stay the cached ones."""
+    from streammoe.control.mergevla import experiment as mergevla_experiment
+    from streammoe.control.mergevla.experiment import Pipeline
+
+    over = ["experiment=mergevla_smoke", f"mergevla.data_dir={tmp_path / 'cache'}"]
+    head = "cross_attention"
+    pipes = {flag: Pipeline(compose_config([*over, f"mergevla.markers={flag}"]).mergevla, 0,
+                            torch.device("cpu")) for flag in (False, True)}
+    assert pipes[True]._eval_spec(head, "experts/oracle") == pipes[False]._eval_spec(head, "experts/oracle")
+    seen = {}
+    monkeypatch.setattr(mergevla_experiment, "evaluate", lambda *a, **kw: seen.update(kw))
+    policy, _ = pipes[True].policy(head, "experts/oracle")
+    pipes[True].run_episodes(policy, tasks=[pipes[True].tasks[0]])
+    assert seen["markers"] is True and seen["vision"] is False
