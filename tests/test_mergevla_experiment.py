@@ -281,6 +281,37 @@ def test_expert_trains_the_vision_encoder_only_when_asked(train_vision):
         assert all(task_vectors(base, [expert])[0][k].abs().sum() > 0 for k in vision)
 
 
+def test_expert_position_loss_moves_the_encoder_and_returns_the_base_heads():
+    """``expert.aux_weight``: the position loss trains the encoder (another change than the action
+    loss alone gives) and the heads, which come back as the base's; negative weights are refused,
+    in the config and in train_expert, and 0 stays out of the expert's fingerprint."""
+    from streammoe.control.mergevla.config import validated
+    from streammoe.control.mergevla.train import TrainSettings, train_expert
+
+    cfg = VLAConfig(vision=True, image_size=16, patch_size=8, d_model=16, n_heads=2, n_layers=2)
+    base = TinyVLA(cfg).state_dict()
+    data = _tiny_suite()
+    data.obs["image"] = np.random.default_rng(1).integers(0, 256, (16, 16, 16, 3), dtype=np.uint8)
+    settings = TrainSettings(steps=3, batch_size=4, lr=1e-2, weight_decay=0.0, grad_clip=1.0, shift=0,
+                             log_every=1)
+
+    def expert(weight: float):
+        return train_expert(cfg, base, data, settings, lora_rank=2, lora_alpha=4.0, lora_target="backbone",
+                            shared_lr_scale=0.0, train_vision=True, aux_weight=weight, seed=0,
+                            device=torch.device("cpu"))
+
+    (plain, plain_hist), (aux, aux_hist) = expert(0.0), expert(10.0)
+    heads = [k for k in base if k.startswith(TinyVLA(cfg).auxiliary_head_prefix())]
+    assert heads and all(torch.equal(aux[k], base[k]) for k in heads)
+    vision = [k for k in base if k.startswith("embed.vision.")]
+    assert any(not torch.allclose(aux[k], plain[k]) for k in vision)
+    assert aux_hist[0]["loss"] > plain_hist[0]["loss"]  # the same first batch, plus the position loss
+    with pytest.raises(ValueError, match="aux_weight must be a finite number >= 0"):
+        expert(-1.0)
+    with pytest.raises(ConfigError, match="aux_weight"):
+        validated(compose_config(["experiment=mergevla", "mergevla.expert.aux_weight=-0.5"]))
+
+
 def test_train_vision_is_refused_without_images():
     from streammoe.control.mergevla.config import validated
     from streammoe.control.mergevla.train import TrainSettings, train_expert

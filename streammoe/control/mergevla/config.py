@@ -162,9 +162,11 @@ class ExpertSettings(StageTrainSettings):
     eva_layers: list[int] | None = None  # backbone layers with EVA's A (None: all)
     eva_modules: list[str] | None = None  # modules of those layers with EVA's A (None: all wrapped)
     train_vision: bool = False    # also train the vision encoder (images only); merged like the rest
+    aux_weight: float = 0.0       # > 0: the base's position loss on the suite's frames as well
 
     def check(self, at: str) -> None:
         super().check(at)
+        at_least(f"{at}aux_weight", self.aux_weight, 0.0)
         at_least(f"{at}lora_rank", self.lora_rank, 1)
         greater_than(f"{at}lora_alpha", self.lora_alpha, 0.0)
         one_of(f"{at}lora_target", self.lora_target, LORA_TARGETS)

@@ -181,6 +181,8 @@ class Pipeline:
                     "shared_lr_scale": float(e.shared_lr_scale)}
         if e.train_vision:  # (the default leaves earlier stage files valid)
             settings["train_vision"] = True
+        if float(e.aux_weight) > 0:  # (likewise)
+            settings["aux_weight"] = float(e.aux_weight)
         if str(e.lora_init) != "default":  # (the default leaves earlier stage files valid)
             settings["lora_init"] = str(e.lora_init)
             if e.eva_layers is not None:
@@ -202,7 +204,7 @@ class Pipeline:
                                shared_lr_scale=float(e.shared_lr_scale), lora_init=str(e.lora_init),
                                eva_layers=None if e.eva_layers is None else [int(i) for i in e.eva_layers],
                                eva_modules=None if e.eva_modules is None else [str(m) for m in e.eva_modules],
-                               train_vision=bool(e.train_vision),
+                               train_vision=bool(e.train_vision), aux_weight=float(e.aux_weight),
                                seed=self.seed * 1000 + self.suites.index(suite) + 1, device=self.device,
                                log=log))
 

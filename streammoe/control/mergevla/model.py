@@ -611,6 +611,10 @@ class TinyVLA(nn.Module):
         return sum((F.mse_loss(pred[k], y.to(pred[k])) for k, y in targets.items()),
                    start=torch.zeros((), device=self.action_expert.queries.device))
 
+    def auxiliary_head_prefix(self) -> str:
+        """The state-dict key prefix of the auxiliary (position) heads."""
+        return "aux."
+
     # ----- what merging and the router code against -----------------------------------------
     def expert_head_prefixes(self) -> tuple[str, ...]:
         """State-dict key prefixes of the per-suite expert head: the last action-expert block, the

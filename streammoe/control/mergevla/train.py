@@ -222,7 +222,7 @@ def train_expert(model_cfg: VLAConfig, base: Mapping[str, Tensor], data: SuiteDa
                  settings: TrainSettings, *, lora_rank: int, lora_alpha: float, lora_target: str,
                  shared_lr_scale: float = 1.0, lora_init: str = "default",
                  eva_layers: Sequence[int] | None = None, eva_modules: Sequence[str] | None = None,
-                 eva_batches: int = 64, train_vision: bool = False,
+                 eva_batches: int = 64, train_vision: bool = False, aux_weight: float = 0.0,
                  seed: int, device: torch.device, log: LogFn | None = None
                  ) -> tuple[dict[str, Tensor], list[dict[str, float]]]:
     """One suite's expert from the base: LoRA on the backbone + the action expert, trained on the
@@ -236,7 +236,12 @@ def train_expert(model_cfg: VLAConfig, base: Mapping[str, Tensor], data: SuiteDa
     layers that do (names as :func:`~streammoe.control.mergevla.model.lora_module_names`;
     ``None``: every wrapped one); the others keep PEFT's default. ``train_vision``: the vision
     encoder trains too (at ``settings.lr``; images only), so the expert's task vector holds its
-    change and merging merges it with the backbone's."""
+    change and merging merges it with the backbone's. ``aux_weight``: > 0 adds the base's
+    position loss (hand, object, goal on the suite's frames; :func:`aux_targets`) times it, so the
+    LoRA (and the encoder, with ``train_vision``) must keep where things are; the auxiliary heads
+    train with it and are returned as the base's (a training aid, not part of the expert)."""
+    if not (math.isfinite(aux_weight) and aux_weight >= 0):
+        raise ValueError(f"aux_weight must be a finite number >= 0, got {aux_weight!r}")
     if train_vision and not model_cfg.vision:
         raise ValueError("train_vision needs an image model (vision=true): the object-state model has "
                          "no vision encoder")
@@ -270,6 +275,10 @@ def train_expert(model_cfg: VLAConfig, base: Mapping[str, Tensor], data: SuiteDa
         for name, p in model.named_parameters():
             if name.startswith(model.vision_encoder_prefix()):
                 p.requires_grad_(True)
+    if aux_weight > 0:
+        for name, p in model.named_parameters():
+            if name.startswith(model.auxiliary_head_prefix()):
+                p.requires_grad_(True)
     shared = model.shared_action_expert_prefixes()
     own = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith(shared)]
     common = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith(shared)]
@@ -280,10 +289,15 @@ def train_expert(model_cfg: VLAConfig, base: Mapping[str, Tensor], data: SuiteDa
                                   if shared_lr_scale > 0.0 else [])
 
     def loss_fn(obs: dict[str, Tensor], idx: np.ndarray) -> Tensor:
-        return model.action_loss(obs, torch.from_numpy(data.actions[idx]).to(device))
+        loss = model.action_loss(obs, torch.from_numpy(data.actions[idx]).to(device))
+        if aux_weight > 0:
+            loss = loss + aux_weight * model.auxiliary_loss(obs, aux_targets(data, idx, device))
+        return loss
 
     history = _loop(model, groups, data, settings, loss_fn, seed, f"expert {data.suite}", log)
     state = fold_lora(model.cpu())
+    heads = model.auxiliary_head_prefix()
+    state.update({k: v.detach().cpu().clone() for k, v in base.items() if k.startswith(heads)})
     return state, history
 
 
