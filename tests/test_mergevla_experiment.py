@@ -692,3 +692,31 @@ def test_markers_reach_the_evaluation_and_change_nothing_without_images(tmp_path
     policy, _ = pipes[True].policy(head, "experts/oracle")
     pipes[True].run_episodes(policy, tasks=[pipes[True].tasks[0]])
     assert seen["markers"] is True and seen["vision"] is False
+
+
+def test_suite_expert_probe_trains_one_expert_and_reads_it_back(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "suite_expert.json"
+
+    def probe(tag: str, suite: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, str(root / "scripts" / "probe_mergevla_suite_expert.py"), "--experiment",
+             "mergevla_smoke", "--seed", "0", "--suite", suite, "--tag", tag, "--out", str(out), "--",
+             f"mergevla.data_dir={tmp_path / 'cache'}", "mergevla.eval.episodes_per_task=2"],
+            capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    for tag in ("first", "again"):
+        proc = probe(tag, "button")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    entries = json.loads(out.read_text())
+    assert entries["first"]["expert_train_seconds"] > 0 and entries["again"]["expert_train_seconds"] is None
+    from streammoe_envs.metaworld import SUITES
+
+    assert set(entries["again"]["per_task"]) == set(SUITES["button"])
+    assert entries["again"]["episodes"] == 2 * len(SUITES["button"])
+    assert entries["again"]["per_task"] == entries["first"]["per_task"]  # deterministic resets
+    proc = probe("nope", "reach_push")
+    assert proc.returncode != 0 and "is not one of the run's suites" in proc.stderr
