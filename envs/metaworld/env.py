@@ -131,6 +131,13 @@ def _check_variation(variation: Any) -> int:
     return int(variation)
 
 
+def check_markers(markers: Any) -> bool:
+    """``markers`` as a bool; anything but a bool is refused naming it."""
+    if not isinstance(markers, (bool, np.bool_)):
+        raise TypeError(f"markers must be a bool, got {type(markers).__name__} {markers!r}")
+    return bool(markers)
+
+
 def draw_markers(scene: mujoco.MjvScene, model: mujoco.MjModel, data: mujoco.MjData) -> int:
     """Add the goal's markers to a scene made by ``mjv_updateScene``: a disc on the table under
     the goal site and, when the goal is above the table, a line from the disc up to it, in the
@@ -237,8 +244,7 @@ class MetaWorldTaskEnv(gym.Env):
                  camera: str = DEFAULT_CAMERA, terminate_on_success: bool = True,
                  render_mode: str | None = None, render_size: int | None = None,
                  markers: bool = False) -> None:
-        if not isinstance(markers, (bool, np.bool_)):
-            raise TypeError(f"markers must be a bool, got {type(markers).__name__} {markers!r}")
+        check_markers(markers)
         self.task_spec = task_spec(task)
         self.task = task
         self.variation = _check_variation(variation)

@@ -75,7 +75,7 @@ from streammoe_envs.metaworld import (
     split_variations,
     task_spec,
 )
-from streammoe_envs.metaworld.env import ACTION_DIM, DEFAULT_CAMERA, MetaWorldTaskEnv
+from streammoe_envs.metaworld.env import ACTION_DIM, DEFAULT_CAMERA, MetaWorldTaskEnv, check_markers
 
 from streammoe.runs import progress
 
@@ -285,9 +285,7 @@ def collect_demos(tasks: Sequence[str] | None = None, episodes_per_task: int = 1
 
 def _markers(markers: Any, vision: bool) -> bool:
     """``markers`` checked; ``True`` only where it draws something (images)."""
-    if not isinstance(markers, (bool, np.bool_)):
-        raise TypeError(f"markers must be a bool, got {type(markers).__name__} {markers!r}")
-    return bool(markers) and bool(vision)
+    return check_markers(markers) and bool(vision)
 
 
 def _collect_task(args: tuple[str, int, bool, int, str, float, int, list[int], bool]) -> list[Episode]:

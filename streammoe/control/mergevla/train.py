@@ -271,14 +271,11 @@ def train_expert(model_cfg: VLAConfig, base: Mapping[str, Tensor], data: SuiteDa
         keep = {f"backbone.layers.{int(i)}.{m}" for i in layers for m in names}
         eva = {n: c for n, c in eva.items() if n in keep}  # the others keep PEFT's default A
     model = add_lora(model, rank=lora_rank, alpha=lora_alpha, target=lora_target, eva=eva).to(device)
-    if train_vision:
-        for name, p in model.named_parameters():
-            if name.startswith(model.vision_encoder_prefix()):
-                p.requires_grad_(True)
-    if aux_weight > 0:
-        for name, p in model.named_parameters():
-            if name.startswith(model.auxiliary_head_prefix()):
-                p.requires_grad_(True)
+    unfrozen = ((model.vision_encoder_prefix(),) if train_vision else ()) + \
+        ((model.auxiliary_head_prefix(),) if aux_weight > 0 else ())
+    for name, p in model.named_parameters():
+        if unfrozen and name.startswith(unfrozen):
+            p.requires_grad_(True)
     shared = model.shared_action_expert_prefixes()
     own = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith(shared)]
     common = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith(shared)]
