@@ -21,6 +21,12 @@ seeds; router accuracy; routing overhead) and writes ``bench.json``, ``bench.md`
     python scripts/bench_mergevla.py --seeds 1 2 3 --jobs 2 --out results/mergevla/vision
     python scripts/bench_mergevla.py --experiment mergevla_smoke --seeds 0 --out /tmp/b   # seconds
 
+``--runs DIR [DIR ...]`` makes the same table from finished ``experiment=mergevla`` run folders
+(one per seed, same settings; ``metrics.json`` and ``results.json`` hold every episode) instead of
+the stage cache, so seeds run in different sessions or on different machines pool into one table:
+
+    python scripts/bench_mergevla.py --runs results/mergevla/vision_seed1 results/mergevla/vision_seed2 results/mergevla/vision_seed3 --out results/mergevla/vision
+
 ``--jobs 2`` runs seeds in parallel processes (one torch thread each); with ``--jobs 1`` each
 seed's experts and evaluations run in ``mergevla.jobs`` worker processes instead. Extra Hydra
 overrides go after ``--``.
@@ -119,6 +125,65 @@ def run_seed(experiment: str, overrides: list[str], seed: int, variants: list[st
             merged[m] = pipe.merge("cross_attention", m).stats.to_dict()
     _, _, info = pipe.demos()
     return {"variants": out, "mask_stats": merged, **info}
+
+
+# settings that change no result: a run's folder may differ from another's in these
+RUN_SETTINGS_WITHOUT_EFFECT = ("data_dir", "jobs", "eval.video", "eval.video_variant", "eval.video_size")
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def per_seed_from_runs(run_dirs: list[Path]) -> tuple[dict[int, dict[str, Any]], dict[str, Any]]:
+    """``(per_seed, mergevla settings)`` read from finished ``experiment=mergevla`` run folders
+    (``metrics.json``, ``results.json``, ``config_resolved.yaml``) instead of the stage cache, so a
+    table can be made from runs of different sessions or machines. The runs must be of different
+    seeds, with the same settings (but ``RUN_SETTINGS_WITHOUT_EFFECT``) and the same variants."""
+    from omegaconf import OmegaConf
+
+    per_seed: dict[int, dict[str, Any]] = {}
+    settings: dict[str, Any] | None = None
+    first: Path | None = None
+    for run in run_dirs:
+        paths = {n: run / n for n in ("metrics.json", "results.json", "config_resolved.yaml")}
+        missing = [str(p) for p in paths.values() if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{run} is not a finished mergevla run: missing {missing}")
+        try:
+            details = json.loads(paths["metrics.json"].read_text())["details"]
+            episodes = json.loads(paths["results.json"].read_text())["episodes"]
+            cfg = OmegaConf.to_container(OmegaConf.load(paths["config_resolved.yaml"]), resolve=True)
+            run_settings = {k: v for k, v in _flatten(cfg["mergevla"]).items()
+                            if k not in RUN_SETTINGS_WITHOUT_EFFECT}
+            seed = int(cfg["seed"])
+            variants = details["variants"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{run}: unreadable mergevla run files ({type(err).__name__}: {err})") from err
+        if seed in per_seed:
+            raise ValueError(f"{run} and an earlier run are both seed {seed}: give one run per seed")
+        if settings is None:
+            settings, first = run_settings, run
+        elif run_settings != settings:
+            keys = sorted(k for k in set(settings) | set(run_settings) if settings.get(k) != run_settings.get(k))
+            raise ValueError(f"{run} differs from {first} in mergevla settings {keys}: "
+                             "a table pools runs of one configuration")
+        if set(variants) != set(episodes):
+            raise ValueError(f"{run}: metrics.json and results.json name different variants")
+        for name, summary in variants.items():
+            summary["episode_success"] = {f"{e['task']}/{e['variation']}": bool(e["success"])
+                                          for e in episodes[name]}
+        per_seed[seed] = {"variants": variants, "mask_stats": details.get("mask_stats", {}),
+                          **{k: details[k] for k in ("expert_success", "dropped_tasks", "demo_file")
+                             if k in details}, "run_dir": str(run)}
+    names = [set(r["variants"]) for r in per_seed.values()]
+    if any(n != names[0] for n in names):
+        raise ValueError(f"the runs evaluated different variants: {[sorted(n) for n in names]}")
+    assert settings is not None
+    return per_seed, settings
 
 
 def _interval(values: list[float], clip: bool = True) -> tuple[float, float, float, float]:
@@ -285,11 +350,16 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("outputs/bench_mergevla"))
     ap.add_argument("--videos", type=Path, default=None, help="film one episode per suite here")
     ap.add_argument("--video-variant", default="ties+mask+refit/router")
+    ap.add_argument("--runs", nargs="+", type=Path, default=None, metavar="RUN_DIR",
+                    help="make the table from these finished experiment=mergevla run folders "
+                         "(one per seed) instead of the stage cache; --seeds/--variants unused")
     ap.add_argument("--timing", nargs="+", default=None, metavar="DEVICE",
                     help="time a training step and an evaluation episode on these devices instead")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides (after --)")
     args = ap.parse_args()
     os.environ.setdefault("MUJOCO_GL", "egl")
+    if args.runs and (args.timing or args.videos is not None):
+        ap.error("--runs reads finished runs: it does not go with --timing or --videos")
     if args.timing:
         from streammoe.runs import format_table
 
@@ -299,9 +369,18 @@ def main() -> None:
         (args.out / "timing.json").write_text(json.dumps({"experiment": args.experiment,
                                                           "overrides": args.overrides, "rows": rows}, indent=1))
         return
+    start = time.perf_counter()
+    if args.runs:
+        per_seed, settings = per_seed_from_runs(args.runs)
+        seeds = sorted(per_seed)
+        per_seed = {s: per_seed[s] for s in seeds}
+        suites = list(settings["suites"])
+        title = f"MergeVLA runs {' '.join(str(r) for r in args.runs)} (seeds {seeds})"
+        _write_outputs(args, aggregate(per_seed, suites), per_seed, suites, seeds, title,
+                       {"runs": [str(r) for r in args.runs], "config": settings}, start)
+        return
     cfg = _compose(args.experiment, args.overrides)  # fails early on a bad override
     suites = list(cfg.mergevla.suites)
-    start = time.perf_counter()
     if args.jobs > 1:
         # the demonstrations first (shared by every seed), then the seeds in parallel
         from streammoe.control.mergevla.experiment import Pipeline
@@ -315,8 +394,17 @@ def main() -> None:
         outs = [run_seed(args.experiment, args.overrides, s, args.variants, args.ablation, None)
                 for s in args.seeds]
     per_seed = dict(zip(args.seeds, outs))
-    table = aggregate(per_seed, suites)
     title = f"MergeVLA {args.experiment} {' '.join(args.overrides)} (seeds {args.seeds})"
+    _write_outputs(args, aggregate(per_seed, suites), per_seed, suites, args.seeds, title,
+                   {"experiment": args.experiment, "overrides": args.overrides,
+                    "config": _plain(cfg.mergevla)}, start)
+
+
+def _write_outputs(args: argparse.Namespace, table: dict[str, Any], per_seed: dict[int, dict[str, Any]],
+                   suites: list[str], seeds: list[int], title: str, source: dict[str, Any],
+                   start: float) -> None:
+    """Print the table; write ``bench.md``, ``bench.json`` and the plots into ``--out`` (and film
+    into ``--videos``)."""
     md = markdown(table, suites, title)
     print(md)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -332,10 +420,8 @@ def main() -> None:
     plot_success(means, suites, args.out / "success.png", title=f"{title}: mean success per suite")
     plot_confusion(means, suites, args.out / "router_confusion.png")
     (args.out / "bench.json").write_text(json.dumps({
-        "experiment": args.experiment, "overrides": args.overrides, "seeds": args.seeds,
-        "suites": suites, "table": table, "per_seed": per_seed,
-        "config": _plain(cfg.mergevla), "video_run": videos,
-        "wall_seconds": time.perf_counter() - start}, indent=1))
+        **source, "seeds": seeds, "suites": suites, "table": table, "per_seed": per_seed,
+        "video_run": videos, "wall_seconds": time.perf_counter() - start}, indent=1))
 
 
 def _plain(c: Any) -> Any:

@@ -362,12 +362,7 @@ def test_bench_script_runs_the_smoke_grid_and_writes_its_table(tmp_path):
 
 
 def test_bench_ratio_to_the_experts_pairs_episodes_within_seeds():
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_mergevla.py"
-    spec = importlib.util.spec_from_file_location("bench_mergevla", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _script("bench_mergevla")
 
     def seed(expert, merged):
         keys = [f"reach-v3/{i}" for i in range(len(expert))]
@@ -720,3 +715,44 @@ def test_suite_expert_probe_trains_one_expert_and_reads_it_back(tmp_path):
     assert entries["again"]["per_task"] == entries["first"]["per_task"]  # deterministic resets
     proc = probe("nope", "reach_push")
     assert proc.returncode != 0 and "is not one of the run's suites" in proc.stderr
+
+
+def test_bench_table_from_run_folders_equals_the_table_from_the_cache(smoke, tmp_path):
+    """Two seeds' run folders pool into the table the cache gives for the same seeds; runs of one
+    seed twice, of other settings, or without their files are refused by name."""
+    import shutil
+
+    import yaml
+
+    root, cache, _ = smoke
+    cfg = compose_config(["experiment=mergevla_smoke", f"mergevla.data_dir={cache}", "seed=1",
+                          "mergevla.eval.video=false"])
+    run_experiment(cfg, tmp_path / "seed1")
+    bench = _script("bench_mergevla")
+    runs = [root / "run", tmp_path / "seed1"]
+    per_seed, settings = bench.per_seed_from_runs(runs)
+    assert sorted(per_seed) == [0, 1] and settings["suites"] == ["drawer", "button"]
+    variants = list(per_seed[0]["variants"])
+    ablation = [v.split(":", 1)[1] for v in variants if v.startswith("self_attention:")]
+    plain = [v for v in variants if ":" not in v]
+    over = [f"mergevla.data_dir={cache}"]
+    from_cache = {s: bench.run_seed("mergevla_smoke", over, s, plain, ablation, None) for s in (0, 1)}
+    table, expected = bench.aggregate(per_seed, settings["suites"]), bench.aggregate(from_cache, settings["suites"])
+    assert set(table) == set(expected)
+    for name, row in expected.items():
+        assert table[name]["success"] == row["success"] and table[name]["per_seed"] == row["per_seed"], name
+        assert table[name].get("of_experts") == row.get("of_experts"), name
+        assert table[name].get("router_confusion") == row.get("router_confusion"), name
+
+    with pytest.raises(ValueError, match="both seed 0"):
+        bench.per_seed_from_runs([root / "run", root / "run"])
+    other = tmp_path / "other"
+    shutil.copytree(tmp_path / "seed1", other)
+    resolved = yaml.safe_load((other / "config_resolved.yaml").read_text())
+    resolved["mergevla"]["expert"]["steps"] += 1
+    (other / "config_resolved.yaml").write_text(yaml.safe_dump(resolved))
+    with pytest.raises(ValueError, match=r"expert\.steps"):
+        bench.per_seed_from_runs([root / "run", other])
+    (other / "results.json").unlink()
+    with pytest.raises(FileNotFoundError, match="results.json"):
+        bench.per_seed_from_runs([other])
