@@ -19,6 +19,7 @@ import streammoe_envs.metaworld.suites as suites_mod
 from gymnasium.utils.env_checker import check_env
 from streammoe_envs.metaworld import (
     INSTRUCTION_LEN,
+    N_EXTRA_VARIATIONS,
     N_VARIATIONS,
     PAD_ID,
     SUITES,
@@ -42,7 +43,7 @@ from streammoe.control.mergevla.data import (
 
 ENV_ID = streammoe_envs.METAWORLD_ID
 # Two cheap tasks of different suites, reused everywhere (Meta-World's task objects are cached).
-DRAWER, BUTTON = "drawer-close-v3", "button-press-v3"
+DRAWER, BUTTON, REACH = "drawer-close-v3", "button-press-v3", "reach-v3"
 
 
 # ----- suites, instructions, vocabulary ------------------------------------------------------------
@@ -147,7 +148,9 @@ def test_env_truncates_at_max_steps_and_switches_variations_at_reset() -> None:
     assert info["variation"] == 7 and not np.allclose(other["state"], first["state"])
     np.testing.assert_array_equal(env.reset()[0]["state"], other["state"])  # it stays
     with pytest.raises(ValueError, match="variation must be an integer"):
-        env.reset(options={"variation": N_VARIATIONS})
+        env.reset(options={"variation": N_VARIATIONS + N_EXTRA_VARIATIONS})
+    with pytest.raises(ValueError, match="variation must be an integer"):
+        env.reset(options={"variation": -1})
     with pytest.raises(ValueError, match="unknown reset options"):
         env.reset(options={"seed": 1})
     assert env.variation == 7
@@ -320,6 +323,46 @@ def test_markers_enter_the_demonstrations_settings_only_when_they_draw(tmp_path)
         ensure_demos(tmp_path, markers="true", **images)
 
 
+def test_extra_variations_are_new_placements_of_the_same_generator() -> None:
+    """Indices from N_VARIATIONS up are placements Meta-World's generator draws with other seeds:
+    none repeats one of the benchmark's 50 (so none is a held-out one), each is fixed, and they
+    lie in the range the benchmark's span."""
+    import pickle
+
+    def placement(v: int) -> np.ndarray:
+        return np.asarray(pickle.loads(mw.variation_task(REACH, v).data)["rand_vec"])
+
+    bench = np.stack([placement(v) for v in range(N_VARIATIONS)])
+    extra = np.stack([placement(v) for v in range(N_VARIATIONS, N_VARIATIONS + 120)])
+    assert len(np.unique(extra, axis=0)) == 120  # three blocks of 50 (two whole): all different
+    assert not any(np.any(np.all(np.isclose(bench, e), axis=1)) for e in extra)
+    spread = bench.max(0) - bench.min(0)
+    assert np.all(extra.min(0) >= bench.min(0) - 0.2 * spread)
+    assert np.all(extra.max(0) <= bench.max(0) + 0.2 * spread)
+    np.testing.assert_array_equal(placement(N_VARIATIONS + 7), extra[7])  # fixed, not redrawn
+    env = mw.MetaWorldTaskEnv(REACH, variation=N_VARIATIONS + 3, vision=False)
+    obs, info = env.reset()
+    assert info["variation"] == N_VARIATIONS + 3
+    np.testing.assert_allclose(obs["state"][-3:], extra[3][3:6], atol=1e-6)  # the goal it placed
+    env.close()
+
+
+def test_extra_variations_add_one_episode_each_and_name_the_file_only_when_used(tmp_path) -> None:
+    """The usual episodes first (unchanged), then one per extra variation; 0 names the same file
+    as before the setting existed."""
+    kwargs = dict(tasks=[BUTTON], episodes_per_task=2, vision=False, seed=3)
+    path, plain = ensure_demos(tmp_path, **kwargs)
+    assert ensure_demos(tmp_path, extra_variations=0, **kwargs)[0] == path
+    assert "extra_variations" not in plain.settings
+    more_path, more = ensure_demos(tmp_path, extra_variations=3, **kwargs)
+    assert more_path != path and more.settings["extra_variations"] == 3
+    assert [ep.variation for ep in more.episodes] == [
+        *(ep.variation for ep in plain.episodes), N_VARIATIONS, N_VARIATIONS + 1, N_VARIATIONS + 2]
+    for a, b in zip(plain.episodes, more.episodes):
+        np.testing.assert_array_equal(a.actions, b.actions)
+    assert more.stats[BUTTON]["attempts"] == 5
+
+
 # ----- demonstrations ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -368,6 +411,9 @@ def test_collect_rejects_bad_settings() -> None:
         collect_demos(["drawer-open-v2"])
     with pytest.raises(ValueError, match="variations must be"):
         collect_demos([DRAWER], variations=[50])
+    for bad in (-1, N_EXTRA_VARIATIONS + 1, 2.5, True):
+        with pytest.raises(ValueError, match="extra_variations must be"):
+            collect_demos([DRAWER], extra_variations=bad)
     with pytest.raises(TypeError, match="write \\['drawer-close-v3'\\]"):
         collect_demos(DRAWER)
 

@@ -382,6 +382,8 @@ def test_bench_ratio_to_the_experts_pairs_episodes_within_seeds():
 
 @pytest.mark.parametrize("override, match", [
     ("mergevla.router.layer=5", "router.layer"),
+    ("mergevla.demos.extra_variations=-1", "extra_variations"),
+    ("mergevla.demos.extra_variations=1001", "extra_variations"),
     ("mergevla.router.k=32", "rank of a LoRA task vector"),
     ("mergevla.router.source=anywhere", "router.source"),
     ("mergevla.expert.lora_init=pissa", "lora_init"),
@@ -756,3 +758,19 @@ def test_bench_table_from_run_folders_equals_the_table_from_the_cache(smoke, tmp
     (other / "results.json").unlink()
     with pytest.raises(FileNotFoundError, match="results.json"):
         bench.per_seed_from_runs([other])
+
+
+def test_extra_variations_reach_the_pipelines_demonstrations(tmp_path):
+    from streammoe_envs.metaworld import N_VARIATIONS
+
+    from streammoe.control.mergevla.data import read_demos
+    from streammoe.control.mergevla.experiment import Pipeline
+
+    cfg = compose_config(["experiment=mergevla_smoke", f"mergevla.data_dir={tmp_path}",
+                          "mergevla.demos.extra_variations=2", "mergevla.pretrain_tasks=[]"])
+    _, _, info = Pipeline(cfg.mergevla, 0, torch.device("cpu")).demos()
+    demos = read_demos(info["demo_file"])
+    assert demos.settings["extra_variations"] == 2
+    for task in demos.stats:
+        assert sorted(ep.variation for ep in demos.episodes if ep.task == task)[-2:] == [
+            N_VARIATIONS, N_VARIATIONS + 1]

@@ -58,6 +58,7 @@ from metaworld.policies import ENV_POLICY_MAP
 from streammoe_envs import METAWORLD_ID
 from streammoe_envs.metaworld.suites import (
     INSTRUCTION_LEN,
+    N_EXTRA_VARIATIONS,
     N_VARIATIONS,
     VARIATION_SEED,
     VOCAB,
@@ -113,21 +114,30 @@ _GOAL_SITE = "goal"
 
 
 @cache
-def _benchmark(task: str) -> metaworld.MT1:
-    return metaworld.MT1(task, seed=VARIATION_SEED)
+def _benchmark(task: str, block: int = 0) -> metaworld.MT1:
+    """Meta-World's 50 placements of ``task``: the benchmark's (block 0) or extra ones (block b >= 1,
+    another seed of the same generator)."""
+    return metaworld.MT1(task, seed=VARIATION_SEED + block)
 
 
 def variation_task(task: str, variation: int) -> metaworld.Task:
-    """Meta-World's task object (object and goal placement) of ``variation`` of ``task``."""
+    """Meta-World's task object (object and goal placement) of ``variation`` of ``task``:
+    ``metaworld.MT1(task, seed=VARIATION_SEED).train_tasks[variation]`` below ``N_VARIATIONS``;
+    an extra variation above it (see :data:`N_EXTRA_VARIATIONS`)."""
     task_spec(task)
-    _check_variation(variation)
-    return _benchmark(task).train_tasks[int(variation)]
+    v = _check_variation(variation)
+    if v < N_VARIATIONS:
+        return _benchmark(task).train_tasks[v]
+    block, index = divmod(v - N_VARIATIONS, N_VARIATIONS)
+    return _benchmark(task, 1 + block).train_tasks[index]
 
 
 def _check_variation(variation: Any) -> int:
     if isinstance(variation, bool) or not isinstance(variation, (int, np.integer)) \
-            or not 0 <= int(variation) < N_VARIATIONS:
-        raise ValueError(f"variation must be an integer in [0, {N_VARIATIONS}), got {variation!r}")
+            or not 0 <= int(variation) < N_VARIATIONS + N_EXTRA_VARIATIONS:
+        raise ValueError(f"variation must be an integer in [0, {N_VARIATIONS}) (Meta-World's) or "
+                         f"[{N_VARIATIONS}, {N_VARIATIONS + N_EXTRA_VARIATIONS}) (extra placements "
+                         f"for training), got {variation!r}")
     return int(variation)
 
 
@@ -225,7 +235,8 @@ class MetaWorldTaskEnv(gym.Env):
 
     Args:
         task: a Meta-World v3 task of a suite (``streammoe_envs.metaworld.TASK_NAMES``).
-        variation: which of the task's ``N_VARIATIONS`` placements (0-based).
+        variation: which of the task's ``N_VARIATIONS`` placements (0-based), or an extra one
+            (``N_VARIATIONS`` and up, :data:`N_EXTRA_VARIATIONS`; more training data).
         vision: ``True``: ``obs["image"]``; ``False``: ``obs["state"]`` instead (no rendering).
         image_size: side of the square image in pixels.
         camera: a camera of Meta-World's scene (``corner``, ``corner2``, ``corner3``, ``corner4``,

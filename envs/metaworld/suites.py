@@ -19,7 +19,9 @@ that were left out and why).
 A *variation* of a task is one of Meta-World's 50 task objects of ``metaworld.MT1(task,
 seed=VARIATION_SEED)`` (object and goal placement); an episode is one task in one variation.
 :func:`split_variations` splits the 50 into training and held-out variations (seeded); the
-benchmark evaluates on the held-out ones.
+benchmark evaluates on the held-out ones. Indices from ``N_VARIATIONS`` up to ``N_VARIATIONS +
+N_EXTRA_VARIATIONS`` are *extra* variations: more placements drawn by Meta-World's own generator
+(``metaworld.MT1`` with other seeds), for more training data; never evaluated.
 
 Instructions are token ids over the fixed :data:`VOCAB` (index 0 is padding), padded to
 :data:`INSTRUCTION_LEN`. There is no unknown-word token: :func:`tokenize` rejects a word outside
@@ -48,6 +50,7 @@ __all__ = [
     "DROPPED_TASKS",
     "INSTRUCTION_LEN",
     "INSTRUCTION_TEMPLATE",
+    "N_EXTRA_VARIATIONS",
     "N_VARIATIONS",
     "PAD_ID",
     "PRETRAIN_SUITE",
@@ -203,6 +206,10 @@ def task_spec(task: str) -> TaskSpec:
 
 N_VARIATIONS = 50  # Meta-World's task objects per task (metaworld.MT1(...).train_tasks)
 VARIATION_SEED = 0  # seed of metaworld.MT1, which draws the 50 object/goal placements
+# Extra variations, for more training data only (never evaluated): indices N_VARIATIONS and up,
+# drawn by the same generator, metaworld.MT1(task, seed=VARIATION_SEED + 1 + b).train_tasks[i]
+# for index N_VARIATIONS + 50 b + i; at most this many.
+N_EXTRA_VARIATIONS = 1000
 
 
 def split_variations(n_heldout: int = 10, seed: int = 0) -> tuple[tuple[int, ...], tuple[int, ...]]:

@@ -90,9 +90,13 @@ class DemoSettings:
     n_heldout: int = MISSING
     split_seed: int = MISSING
     min_success: float = MISSING
+    extra_variations: int = 0
 
     def check(self, at: str) -> None:
         at_least(f"{at}episodes_per_task", self.episodes_per_task, 1)
+        from streammoe_envs.metaworld.suites import N_EXTRA_VARIATIONS  # (metaworld: the vla extra)
+
+        in_range(f"{at}extra_variations", self.extra_variations, 0, N_EXTRA_VARIATIONS)
         at_least(f"{at}action_noise", self.action_noise, 0.0)
         in_range(f"{at}n_heldout", self.n_heldout, 1, 49)
         in_range(f"{at}min_success", self.min_success, 0.0, 1.0)

@@ -7,7 +7,8 @@ cycled): at every step the env's scripted expert (``metaworld.policies``) propos
 Gaussian noise of standard deviation ``action_noise`` is added and the result, clipped to
 ``[-1, 1]``, is executed. The expert's own success rate per task is measured on these episodes;
 a task under ``min_success`` (95 %) is dropped, with a warning, and listed in the file. Only
-successful episodes become demonstrations.
+successful episodes become demonstrations. ``extra_variations`` adds one episode on each of that
+many extra placements (drawn by Meta-World's generator with other seeds; never evaluated).
 
 **File format**: HDF5 in robomimic's layout, chosen because robomimic's readers (and LIBERO's
 datasets, which use the same layout) open it without conversion, h5py reads it anywhere, and one
@@ -68,6 +69,7 @@ from streammoe_envs.metaworld import (
     ALL_TASK_NAMES,
     ENV_ID,
     INSTRUCTION_LEN,
+    N_EXTRA_VARIATIONS,
     N_VARIATIONS,
     TASK_GROUPS,
     TASK_NAMES,
@@ -195,7 +197,7 @@ def collect_episode(env: MetaWorldTaskEnv, rng: np.random.Generator, action_nois
 
 
 def _check_settings(tasks: Sequence[str], episodes_per_task: int, action_noise: float,
-                    min_success: float, variations: Sequence[int] | None) -> None:
+                    min_success: float, variations: Sequence[int] | None, extra_variations: int) -> None:
     for task in tasks:
         task_spec(task)
     if len(set(tasks)) != len(tasks):
@@ -208,6 +210,10 @@ def _check_settings(tasks: Sequence[str], episodes_per_task: int, action_noise: 
         raise ValueError(f"action_noise must be a finite number >= 0, got {action_noise!r}")
     if not 0.0 <= min_success <= 1.0:
         raise ValueError(f"min_success must lie in [0, 1], got {min_success!r}")
+    if isinstance(extra_variations, bool) or not isinstance(extra_variations, (int, np.integer)) \
+            or not 0 <= extra_variations <= N_EXTRA_VARIATIONS:
+        raise ValueError(f"extra_variations must be an integer in [0, {N_EXTRA_VARIATIONS}], "
+                         f"got {extra_variations!r}")
     if variations is not None:
         bad = [v for v in variations if isinstance(v, bool) or not isinstance(v, (int, np.integer))
                or not 0 <= int(v) < N_VARIATIONS]
@@ -220,7 +226,8 @@ def collect_demos(tasks: Sequence[str] | None = None, episodes_per_task: int = 1
                   vision: bool = True, image_size: int = 64, camera: str = DEFAULT_CAMERA,
                   action_noise: float = 0.1, seed: int = 0, min_success: float = 0.95,
                   variations: Sequence[int] | None = None, n_heldout: int = 10,
-                  split_seed: int = 0, jobs: int = 1, markers: bool = False) -> DemoSet:
+                  split_seed: int = 0, jobs: int = 1, markers: bool = False,
+                  extra_variations: int = 0) -> DemoSet:
     """Scripted-expert demonstrations of ``tasks`` (default: every task of every suite).
 
     ``variations``: the variation indices to cycle through (default: the training split of
@@ -229,11 +236,15 @@ def collect_demos(tasks: Sequence[str] | None = None, episodes_per_task: int = 1
     others' demonstrations unchanged, and ``jobs`` worker processes (tasks split among them)
     collect the same demonstrations as one. ``markers``: the images draw the goal's depth
     markers and a yellow puck (``MetaWorldTaskEnv(markers=...)``); recorded in the settings only
-    when it draws something (images and ``True``), so files made before it stay valid."""
+    when it draws something (images and ``True``), so files made before it stay valid.
+    ``extra_variations``: after those episodes, one more on each of the first ``extra_variations``
+    extra variations (placements beyond Meta-World's 50, drawn by its own generator with other
+    seeds: ``streammoe_envs.metaworld.N_EXTRA_VARIATIONS``), for more placements to learn from;
+    the held-out variations stay the only evaluated ones. Recorded only when > 0 (likewise)."""
     if isinstance(tasks, str):
         raise TypeError(f"tasks must be a list of task names, got the string {tasks!r}; write [{tasks!r}]")
     tasks = list(TASK_NAMES if tasks is None else tasks)
-    _check_settings(tasks, episodes_per_task, action_noise, min_success, variations)
+    _check_settings(tasks, episodes_per_task, action_noise, min_success, variations, extra_variations)
     train, heldout = split_variations(n_heldout, split_seed)
     pool = list(train if variations is None else variations)
     settings = {"tasks": tasks, "episodes_per_task": episodes_per_task, "vision": bool(vision),
@@ -246,13 +257,16 @@ def collect_demos(tasks: Sequence[str] | None = None, episodes_per_task: int = 1
     markers = _markers(markers, vision)
     if markers:
         settings["markers"] = True
+    extra = list(range(N_VARIATIONS, N_VARIATIONS + int(extra_variations)))
+    if extra:
+        settings["extra_variations"] = len(extra)
     episodes: list[Episode] = []
     stats: dict[str, dict[str, Any]] = {}
     dropped: dict[str, float] = {}
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
     args = [(task, episodes_per_task, bool(vision), int(image_size), camera, float(action_noise),
-             int(seed), pool, markers) for task in tasks]
+             int(seed), pool, markers, extra) for task in tasks]
     bar = progress(total=len(tasks), desc="collect demos (tasks)")
     if jobs > 1 and len(tasks) > 1:
         with mp.get_context("spawn").Pool(min(jobs, len(tasks))) as workers:
@@ -288,16 +302,18 @@ def _markers(markers: Any, vision: bool) -> bool:
     return check_markers(markers) and bool(vision)
 
 
-def _collect_task(args: tuple[str, int, bool, int, str, float, int, list[int], bool]) -> list[Episode]:
-    """Every episode of one task (its own generator; a worker process's job)."""
-    task, episodes_per_task, vision, image_size, camera, action_noise, seed, pool, markers = args
+def _collect_task(args: tuple[str, int, bool, int, str, float, int, list[int], bool, list[int]]
+                  ) -> list[Episode]:
+    """Every episode of one task (its own generator; a worker process's job): ``episodes_per_task``
+    on the pool, cycled in a seeded order, then one on each extra variation."""
+    task, episodes_per_task, vision, image_size, camera, action_noise, seed, pool, markers, extra = args
     rng = np.random.default_rng([seed, ALL_TASK_NAMES.index(task)])
     order = rng.permutation(pool)
     env = MetaWorldTaskEnv(task, int(order[0]), vision=vision, image_size=image_size, camera=camera,
                            markers=markers)
     try:
-        return [collect_episode(env, rng, action_noise, int(order[i % len(order)]))
-                for i in range(episodes_per_task)]
+        return [collect_episode(env, rng, action_noise, int(v))
+                for v in [*(order[i % len(order)] for i in range(episodes_per_task)), *extra]]
     finally:
         env.close()
 
@@ -554,9 +570,12 @@ def ensure_demos(data_dir: str | Path, **settings: Any) -> tuple[Path, DemoSet]:
     bound.apply_defaults()
     jobs = bound.arguments.pop("jobs")  # how, not what: it leaves the file's content and name alone
     markers = bound.arguments.pop("markers")  # named only when it draws (older files stay valid)
+    extra = bound.arguments.pop("extra_variations")  # named only when > 0 (likewise)
     spec = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in bound.arguments.items()}
     if _markers(markers, spec["vision"]):
         spec["markers"] = True
+    if extra:
+        spec["extra_variations"] = extra
     if spec["tasks"] is None:
         spec["tasks"] = list(TASK_NAMES)
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
@@ -564,7 +583,7 @@ def ensure_demos(data_dir: str | Path, **settings: Any) -> tuple[Path, DemoSet]:
     if not path.is_file():
         write_demos(path, collect_demos(**spec, jobs=jobs))
     demos = read_demos(path)
-    differ = {k: (demos.settings.get(k), spec.get(k)) for k in sorted({*spec, "markers"})
+    differ = {k: (demos.settings.get(k), spec.get(k)) for k in sorted({*spec, "markers", "extra_variations"})
               if demos.settings.get(k) != spec.get(k)}
     if differ:
         raise ValueError(f"{path} was collected with other settings (file, asked): {differ}; delete it")

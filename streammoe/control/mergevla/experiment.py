@@ -138,7 +138,7 @@ class Pipeline:
                 self.cache, tasks=[*self.tasks, *self.pretrain_tasks], episodes_per_task=int(d.episodes_per_task),
                 vision=bool(self.c.vision), image_size=int(self.c.image_size), camera=str(self.c.camera),
                 markers=bool(self.c.markers), action_noise=float(d.action_noise), seed=int(d.seed),
-                min_success=float(d.min_success),
+                min_success=float(d.min_success), extra_variations=int(d.extra_variations),
                 n_heldout=int(d.n_heldout), split_seed=int(d.split_seed), jobs=int(self.c.jobs))
             data = suite_data(demos.episodes, int(self.c.model.chunk), str(self.c.expert.targets))
             missing = [s for s in self.suites if s not in data]
