@@ -208,12 +208,14 @@ def test_the_state_preset_is_the_image_pipeline_without_its_image_settings():
     validated(state)
     assert image.mergevla.vision and image.mergevla.expert.train_vision and image.mergevla.model.keypoints > 0
     assert not state.mergevla.vision and not state.mergevla.expert.train_vision
-    assert state.mergevla.model.keypoints == 0 and state.mergevla.expert.steps == 1500
+    assert state.mergevla.model.keypoints == 0 and state.mergevla.expert.steps == 6000
+    assert image.mergevla.expert.aux_weight > 0 and state.mergevla.expert.aux_weight == 0
     differ = {k for k in image.mergevla if image.mergevla[k] != state.mergevla[k]}
     assert differ == {"vision", "model", "expert", "merge", "router"}
     before = compose_config(["experiment=mergevla", "mergevla.vision=false", "mergevla.model.keypoints=0",
-                             "mergevla.expert.steps=1500", "mergevla.expert.train_vision=false",
-                             "mergevla.merge.refit_vision=false", "mergevla.router.discriminative=0"])
+                             "mergevla.expert.steps=6000", "mergevla.expert.train_vision=false",
+                             "mergevla.expert.aux_weight=0", "mergevla.merge.refit_vision=false",
+                             "mergevla.router.discriminative=0"])
     assert OmegaConf.to_container(before.mergevla) == OmegaConf.to_container(state.mergevla)
 
 
