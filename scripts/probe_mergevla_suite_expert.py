@@ -24,10 +24,9 @@ def main() -> None:
     ap.add_argument("--suite", required=True, help="the suite whose expert is probed")
     args = ap.parse_args()
     os.environ.setdefault("MUJOCO_GL", "egl")
-    import numpy as np
     from streammoe_envs.metaworld import SUITES
 
-    from streammoe.control.mergevla.evaluate import SuitePolicy
+    from streammoe.control.mergevla.evaluate import SuitePolicy, summarise
     from streammoe.control.mergevla.experiment import Pipeline
     from streammoe.devices import resolve_device
     from streammoe.runs import format_table
@@ -43,14 +42,10 @@ def main() -> None:
     seconds = None if cached else time.perf_counter() - start
     policy = SuitePolicy([pipe.build(head, expert)], (args.suite,), "single")
     result = pipe.run_episodes(policy, tasks=list(SUITES[args.suite]), desc=f"{args.suite} expert")
-    per_task: dict[str, list[bool]] = {}
-    for r in result.episodes:
-        per_task.setdefault(r.task, []).append(r.success)
+    summary = summarise(result, (args.suite,))  # one suite: its success is the mean over its tasks
     entry = {"overrides": args.overrides, "seed": args.seed, "suite": args.suite,
-             "episodes": len(result.episodes),
-             "success": float(np.mean([r.success for r in result.episodes])),
-             "per_task": {t: float(np.mean(v)) for t, v in per_task.items()},
-             "expert_train_seconds": seconds}
+             "episodes": summary["episodes"], "success": summary["success"],
+             "per_task": summary["success_per_task"], "expert_train_seconds": seconds}
     write_tagged_entry(args.out, args.tag, entry)
     print(format_table([{"task": t, "success %": round(100 * s, 1)} for t, s in entry["per_task"].items()]
                        + [{"task": "mean", "success %": round(100 * entry["success"], 1)}],
