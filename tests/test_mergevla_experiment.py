@@ -645,6 +645,47 @@ def test_refit_vision_refits_the_trained_encoder_and_only_its_runs_change_finger
         assert pipes[True]._eval_spec(head, variant) == pipes[False]._eval_spec(head, variant)
 
 
+def test_per_suite_vision_encoder_keeps_each_experts_encoder_with_its_head(tmp_path):
+    """``merge.vision_encoder=per_suite``: each suite's merged model carries its own expert's
+    vision encoder (the rest merged as before: the backbone's refit is unchanged, the encoder gets
+    no Gram matrices); the setting enters only the merged variants' fingerprints, and at
+    ``merged``, on the object state or with frozen encoders it changes nothing."""
+    from streammoe.control.mergevla.config import validated
+    from streammoe.control.mergevla.experiment import Pipeline
+
+    images = ["experiment=mergevla_smoke", f"mergevla.data_dir={tmp_path / 'cache'}", "mergevla.vision=true",
+              "mergevla.image_size=16", "mergevla.model.patch_size=8", "mergevla.model.keypoints=2",
+              "mergevla.expert.train_vision=true", "mergevla.merge.refit_frames=32",
+              "mergevla.merge.refit_vision=true"]
+    head = "cross_attention"
+    pipes = {mode: Pipeline(compose_config([*images, f"mergevla.merge.vision_encoder={mode}"]).mergevla, 0,
+                            torch.device("cpu")) for mode in ("merged", "per_suite")}
+    assert pipes["per_suite"].encoder_per_suite() and not pipes["merged"].encoder_per_suite()
+    base, experts, _ = pipes["per_suite"].experts(head)
+    vision = [k for k in base if k.startswith("embed.vision.")]
+    assert vision and any(not torch.equal(experts[0][k], experts[1][k]) for k in vision)
+    assert not any(k.startswith("embed.vision.") for k in pipes["per_suite"].grams(head)[0])
+    merged = {mode: pipe.merge(head, "ties", refit=True) for mode, pipe in pipes.items()}
+    for t, expert in enumerate(experts):
+        sd = merged["per_suite"].state_dict_for(t)
+        assert all(torch.equal(sd[k], expert[k]) for k in vision)
+        assert not any(k in merged["per_suite"].tau for k in vision)
+    assert any(k in merged["merged"].tau for k in vision)
+    backbone = [k for k in merged["merged"].tau if k.startswith("backbone.")]
+    assert backbone and all(torch.allclose(merged["merged"].tau[k], merged["per_suite"].tau[k]) for k in backbone)
+    spec = {mode: pipe._eval_spec(head, "ties+mask+refit/router")[1]["merge"] for mode, pipe in pipes.items()}
+    assert "vision_encoder" not in spec["merged"] and spec["merged"]["refit_vision"] is True
+    assert spec["per_suite"]["vision_encoder"] == "per_suite" and "refit_vision" not in spec["per_suite"]
+    for variant in ("experts/oracle", "naive_full/single"):  # nothing merged: the setting changes nothing
+        assert pipes["per_suite"]._eval_spec(head, variant) == pipes["merged"]._eval_spec(head, variant)
+    for off in (["mergevla.expert.train_vision=false"], ["mergevla.vision=false"]):
+        pipe = Pipeline(compose_config([*images, *off, "mergevla.merge.vision_encoder=per_suite"]).mergevla, 0,
+                        torch.device("cpu"))
+        assert not pipe.encoder_per_suite()
+    with pytest.raises(ConfigError, match="vision_encoder"):
+        validated(compose_config(["experiment=mergevla", "mergevla.merge.vision_encoder=own"]))
+
+
 def test_discriminative_router_changes_only_routed_fingerprints(tmp_path):
     """``router.discriminative``: the routed variants' policies get the suites' distinctive
     directions (unit columns, n per suite); at 0 (and for every variant that does not route) the
@@ -719,6 +760,62 @@ def test_suite_expert_probe_trains_one_expert_and_reads_it_back(tmp_path):
     assert entries["again"]["per_task"] == entries["first"]["per_task"]  # deterministic resets
     proc = probe("nope", "reach_push")
     assert proc.returncode != 0 and "is not one of the run's suites" in proc.stderr
+
+
+def test_merge_parts_probe_puts_back_one_part_at_a_time(tmp_path):
+    """``scripts/probe_mergevla_merge_parts.py``: each hybrid takes exactly its part from the
+    other model (``hybrids``); the script runs every hybrid on the suite's episodes, and a
+    merge-less variant or the object state is refused by name."""
+    import subprocess
+    import sys
+
+    from streammoe.control.mergevla.experiment import Pipeline
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "scripts"))
+    from probe_mergevla_merge_parts import HYBRIDS, hybrids
+
+    out = tmp_path / "parts.json"
+    images = [f"mergevla.data_dir={tmp_path / 'cache'}", "mergevla.eval.episodes_per_task=1", "mergevla.vision=true",
+              "mergevla.image_size=16", "mergevla.model.patch_size=8", "mergevla.model.keypoints=2",
+              "mergevla.expert.train_vision=true", "mergevla.merge.refit_frames=32"]
+    head = "cross_attention"
+    pipe = Pipeline(compose_config(["experiment=mergevla_smoke", *images]).mergevla, 0, torch.device("cpu"))
+    _, experts, _ = pipe.experts(head)
+    merged = pipe.merge(head, "ties", refit=True).state_dict_for(1)
+    models = hybrids(merged, experts[1], pipe.build(head, experts[1]))
+    assert list(models) == [name for name, _, _ in HYBRIDS]
+
+    def source(sd: dict, key: str) -> str:
+        return "both" if torch.equal(merged[key], experts[1][key]) else (
+            "merged" if torch.equal(sd[key], merged[key]) else "expert")
+
+    kp, conv = "embed.vision.kp_conv1.weight", "embed.vision.conv1.weight"
+    bb = next(k for k in merged if k.startswith("backbone.") and not torch.equal(merged[k], experts[1][k]))
+    assert {source(models["merged + expert's vision encoder"], k) for k in (kp, conv)} == {"expert"}
+    assert source(models["merged + expert's vision encoder"], bb) == "merged"
+    assert [source(models["merged + expert's keypoint branch"], k) for k in (kp, conv)] == ["expert", "merged"]
+    assert [source(models["merged + expert's patch convolutions"], k) for k in (kp, conv)] == ["merged", "expert"]
+    assert [source(models["merged + expert's backbone"], k) for k in (kp, bb)] == ["merged", "expert"]
+    assert [source(models["expert + merged vision encoder"], k) for k in (conv, bb)] == ["merged", "expert"]
+
+    def probe(*extra: str, variant: str = "ties+mask+refit/oracle") -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, str(root / "scripts" / "probe_mergevla_merge_parts.py"), "--experiment",
+             "mergevla_smoke", "--suite", "button", "--variant", variant, "--tag", "t", "--out", str(out),
+             "--", *images, *extra],
+            capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    proc = probe()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    entry = json.loads(out.read_text())["t"]
+    from streammoe_envs.metaworld import SUITES
+
+    assert len(entry["success"]) == len(HYBRIDS) and entry["episodes"] == len(SUITES["button"])
+    proc = probe(variant="experts/oracle")
+    assert proc.returncode != 0 and "merges nothing" in proc.stderr
+    proc = probe("mergevla.vision=false")
+    assert proc.returncode != 0 and "vision=true" in proc.stderr
 
 
 def test_bench_table_from_run_folders_equals_the_table_from_the_cache(smoke, tmp_path):

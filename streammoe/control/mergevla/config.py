@@ -37,6 +37,9 @@ LORA_INITS = ("default", "eva")
 ROUTER_SOURCES = ("last_shared_value", "lora_task_vector")
 # which tokens' scores the router averages: every real token (the reference), or the instruction's
 ROUTER_TOKENS = ("all", "instruction")
+# merge.vision_encoder: the experts' encoders merged like the backbone, or each suite keeping its
+# own with its head (images with expert.train_vision only; otherwise there is nothing to keep)
+VISION_ENCODER_MERGES = ("merged", "per_suite")
 
 
 class Variant(NamedTuple):
@@ -193,6 +196,7 @@ class MergeSettings:
     refit_frames: int = MISSING   # demonstration frames per suite for the '+refit' Gram matrices
     refit_ridge: float = MISSING  # ridge of the '+refit' solve, relative to the mean diagonal
     refit_vision: bool = MISSING  # '+refit' also re-fits the vision encoder (convolutions by their patches)
+    vision_encoder: str = MISSING  # merged | per_suite: each suite keeps its expert's encoder with its head
 
     def check(self, at: str) -> None:
         in_range(f"{at}ties_density", self.ties_density, 0.0, 1.0, low_open=True)
@@ -200,6 +204,7 @@ class MergeSettings:
         at_least(f"{at}lam", self.lam, 0.0)
         at_least(f"{at}refit_frames", self.refit_frames, 1)
         greater_than(f"{at}refit_ridge", self.refit_ridge, 0.0)
+        one_of(f"{at}vision_encoder", self.vision_encoder, VISION_ENCODER_MERGES)
 
 
 @dataclass

@@ -254,7 +254,8 @@ class Pipeline:
             for suite, sd in zip(self.suites, experts):
                 model = self.build(action_head, sd)
                 vision_keys = ([k for k in base if k.startswith(model.vision_encoder_prefix())]
-                               if self.c.merge.refit_vision and self.c.vision else [])
+                               if self.c.merge.refit_vision and self.c.vision
+                               and not self.encoder_per_suite() else [])
                 frames = data[suite]
                 idx = rng.choice(len(frames), size=min(n, len(frames)), replace=False)
                 batches = [obs_batch(frames, idx[i:i + 256], model.cfg.vision, self.device)
@@ -266,16 +267,26 @@ class Pipeline:
             self._grams[action_head] = grams
         return self._grams[action_head]
 
+    def encoder_per_suite(self) -> bool:
+        """Whether each suite keeps its expert's vision encoder with its head
+        (``merge.vision_encoder=per_suite``, on images with ``expert.train_vision``; otherwise the
+        encoders are the base's, or there is none, and the setting changes nothing)."""
+        return (bool(self.c.vision) and bool(self.c.expert.train_vision)
+                and str(self.c.merge.vision_encoder) == "per_suite")
+
     def merge(self, action_head: str, method: str, refit: bool = False) -> MergedExperts:
         """The experts merged with ``method`` (computed once per head, method and refit);
-        ``refit``: the shared vector re-fitted to the masks on each suite's frames."""
+        ``refit``: the shared vector re-fitted to the masks on each suite's frames. The expert
+        heads are kept per suite, with the vision encoder when :meth:`encoder_per_suite`."""
         if (action_head, method, refit) not in self._merges:
             base, experts, _ = self.experts(action_head)
             probe = TinyVLA(model_config(self.c, action_head, self.seed))
             m = self.c.merge
             scale = float(m.task_arithmetic_scale) if method == "task_arithmetic" else 1.0
+            heads = probe.expert_head_prefixes() + (
+                (probe.vision_encoder_prefix(),) if self.encoder_per_suite() else ())
             self._merges[action_head, method, refit] = merge_experts(
-                base, experts, heads=probe.expert_head_prefixes(),
+                base, experts, heads=heads,
                 averaged=probe.shared_action_expert_prefixes(), method=method,
                 density=float(m.ties_density), scale=scale, lam=float(m.lam),
                 grams=self.grams(action_head) if refit else None, ridge=float(m.refit_ridge))
@@ -337,8 +348,11 @@ class Pipeline:
         fps = [stage_fingerprint(*self._expert_spec(action_head, suite)) for suite in self.suites]
         parts = variant_parts(variant)
         merge = OmegaConf.to_container(self.c.merge, resolve=True)
-        if not (parts.refit and merge["refit_vision"]):
+        per_suite = self.encoder_per_suite() and parts.merge not in ("experts", "naive_full", "base")
+        if not (parts.refit and merge["refit_vision"]) or per_suite:
             merge.pop("refit_vision")  # no effect on the variant (the files made before it stay valid)
+        if not per_suite:
+            merge.pop("vision_encoder")  # likewise
         settings = {"variant": variant, "head": action_head, "variations": self.heldout_variations(),
                     "merge": merge,
                     "router": _router_settings(self.c.router, parts.route == "router"),

@@ -633,6 +633,11 @@ class TinyVLA(nn.Module):
         """The state-dict key prefix of the vision encoder (what ``expert.train_vision`` trains)."""
         return "embed.vision."
 
+    def keypoint_branch_prefix(self) -> str:
+        """The key prefix of the vision encoder's keypoint branch (``cfg.keypoints`` > 0): its two
+        convolutions and the coordinates' embedding; the rest of the encoder makes the patch tokens."""
+        return "embed.vision.kp_"
+
     def is_expert_head_key(self, key: str) -> bool:
         return key.startswith(self.expert_head_prefixes())
 
