@@ -54,7 +54,7 @@ def main() -> None:
     os.environ.setdefault("MUJOCO_GL", "egl")
     from streammoe_envs.metaworld import SUITES
 
-    from streammoe.control.mergevla.config import variant_parts
+    from streammoe.control.mergevla.config import MERGE_METHODS, variant_parts
     from streammoe.control.mergevla.evaluate import SuitePolicy, summarise
     from streammoe.control.mergevla.experiment import Pipeline
     from streammoe.devices import resolve_device
@@ -64,7 +64,7 @@ def main() -> None:
     if args.suite not in cfg.mergevla.suites:
         raise SystemExit(f"--suite {args.suite!r} is not one of the run's suites {list(cfg.mergevla.suites)}")
     parts_of = variant_parts(args.variant)
-    if parts_of.merge in ("experts", "naive_full", "base"):
+    if parts_of.merge not in MERGE_METHODS:
         raise SystemExit(f"--variant {args.variant!r} merges nothing; name a merge, e.g. ties+mask+refit/oracle")
     if not cfg.mergevla.vision:
         raise SystemExit("the parts are the vision encoder's and the backbone's: run it on images (vision=true)")

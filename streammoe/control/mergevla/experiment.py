@@ -45,7 +45,7 @@ from streammoe_envs.metaworld import (
 )
 from streammoe_envs.metaworld.env import STATE_DIM
 
-from streammoe.control.mergevla.config import validated, variant_parts
+from streammoe.control.mergevla.config import MERGE_METHODS, validated, variant_parts
 from streammoe.control.mergevla.data import SuiteData, ensure_demos, suite_data
 from streammoe.control.mergevla.evaluate import (
     EvalResult,
@@ -243,19 +243,19 @@ class Pipeline:
         suite's expert on ``merge.refit_frames`` of its demonstration frames (real tokens only;
         the frames drawn with the seed), for ``+refit`` (computed once per head); with
         ``merge.refit_vision`` also of the vision encoder's linear and convolution layers (every
-        image position)."""
+        image position), unless each suite keeps its encoder (:meth:`encoder_per_suite`)."""
         if action_head not in self._grams:
             base, experts, _ = self.experts(action_head)
             _, data, _ = self.demos()
             n = int(self.c.merge.refit_frames)
             rng = np.random.default_rng(self.seed)
             keys = [k for k in base if k.startswith("backbone.")]
+            refit_encoder = self.c.merge.refit_vision and self.c.vision and not self.encoder_per_suite()
             grams = []
             for suite, sd in zip(self.suites, experts):
                 model = self.build(action_head, sd)
                 vision_keys = ([k for k in base if k.startswith(model.vision_encoder_prefix())]
-                               if self.c.merge.refit_vision and self.c.vision
-                               and not self.encoder_per_suite() else [])
+                               if refit_encoder else [])
                 frames = data[suite]
                 idx = rng.choice(len(frames), size=min(n, len(frames)), replace=False)
                 batches = [obs_batch(frames, idx[i:i + 256], model.cfg.vision, self.device)
@@ -348,7 +348,7 @@ class Pipeline:
         fps = [stage_fingerprint(*self._expert_spec(action_head, suite)) for suite in self.suites]
         parts = variant_parts(variant)
         merge = OmegaConf.to_container(self.c.merge, resolve=True)
-        per_suite = self.encoder_per_suite() and parts.merge not in ("experts", "naive_full", "base")
+        per_suite = self.encoder_per_suite() and parts.merge in MERGE_METHODS  # (a variant that merges)
         if not (parts.refit and merge["refit_vision"]) or per_suite:
             merge.pop("refit_vision")  # no effect on the variant (the files made before it stay valid)
         if not per_suite:
